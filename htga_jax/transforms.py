@@ -194,7 +194,8 @@ def scale_by_tail_index(
       May be traced (``optax.inject_hyperparams``).
     gamma: exponent of the power families; finite; may be traced. Negative
       values invert HTGA's sense (heavier tails shrink the step).
-    window: number of recent steps in the ring buffer; static int >= 1.
+    window: number of recent steps in the ring buffer; static int >= 2 when
+      centred (>= 1 otherwise).
     sample_size: coordinates sampled per leaf per step (all of a smaller leaf);
       static int >= 1.
     k: order statistics used by Hill: a float in (0, 1) is a fraction of each
@@ -260,6 +261,11 @@ def scale_by_tail_index(
   _validation.check_choice("granularity", granularity, GRANULARITIES)
   if not isinstance(centered, bool):
     raise TypeError(f"centered must be a bool, got {centered!r}")
+  if centered and window < 2:
+    raise ValueError(
+        "window must be >= 2 when centered=True: a one-step window minus its "
+        "own median is all zeros, so nothing could ever be estimated"
+    )
   if isinstance(k, int) and k + 1 > window * sample_size:
     raise ValueError(
         f"k={k} needs k + 1 <= window * sample_size = {window * sample_size} "

@@ -302,6 +302,7 @@ def test_mismatched_tree_is_rejected():
         (dict(gamma=float("inf")), ValueError, "gamma"),
         (dict(gamma=float("nan")), ValueError, "gamma"),
         (dict(window=0), ValueError, "window"),
+        (dict(window=1), ValueError, "window must be >= 2 when centered"),
         (dict(window=2.5), TypeError, "window"),
         (dict(sample_size=0), ValueError, "sample_size"),
         (dict(every_k=0), ValueError, "every_k"),
