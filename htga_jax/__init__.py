@@ -4,6 +4,8 @@ Estimates the tail index of the gradients during training and rescales the
 step by ``(alpha_target / alpha_hat) ** gamma``, clamped.
 """
 
+from htga_jax.diagnostics import path_name
+from htga_jax.diagnostics import tail_index_report
 from htga_jax.estimators import hill
 from htga_jax.estimators import hill_from_top
 from htga_jax.estimators import hill_standard_error
@@ -25,5 +27,7 @@ __all__ = [
     "hill_from_top",
     "hill_standard_error",
     "htga",
+    "path_name",
     "scale_by_tail_index",
+    "tail_index_report",
 ]

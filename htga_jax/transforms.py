@@ -302,7 +302,7 @@ def scale_by_tail_index(
     num_leaves, win, width = buffer.shape
     samples = buffer
     if centered:
-      samples = samples - jnp.median(samples, axis=1, keepdims=True)
+      samples = samples - estimators.median(samples, axis=1)[:, None, :]
     counts = np.minimum(np.asarray(sizes), width)  # sampled coordinates per leaf
     # Static mask of real (not padding) columns, shape (leaves, 1, width).
     real = (np.arange(width)[None, :] < counts[:, None])[:, None, :]

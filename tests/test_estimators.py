@@ -149,3 +149,19 @@ def test_hill_from_top_accepts_per_row_traced_k():
 def test_bad_arguments_raise_naming_them(kwargs, error, match):
   with pytest.raises(error, match=match):
     htga_jax.hill(np.ones(10, np.float32), **kwargs)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 31, 32, 64, 65, 100])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_median_matches_numpy(n, axis):
+  # n <= 64 uses the sorting network, larger n falls back to jnp.median.
+  rng = np.random.default_rng(n)
+  x = ref.student_t(rng, 1.5, (n, 37) if axis == 0 else (5, n, 3)).astype(np.float32)
+  x[..., :2] = np.round(x[..., :2])  # ties
+  got = jax.jit(estimators.median, static_argnums=1)(x, axis)
+  np.testing.assert_allclose(got, np.median(x, axis=axis), rtol=1e-6)
+
+
+def test_median_is_vmappable():
+  x = np.random.default_rng(0).standard_normal((4, 9, 6)).astype(np.float32)
+  np.testing.assert_allclose(jax.vmap(lambda r: estimators.median(r, 0))(x), np.median(x, axis=1), rtol=1e-6)

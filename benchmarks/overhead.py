@@ -1,0 +1,170 @@
+"""Overhead of HTGA against plain SGD: time per step and state memory.
+
+Times, interleaved in one run, jitted steps of a small MLP and a small CNN:
+  * the full training step (forward, backward, update, apply), and
+  * the update alone (``tx.update`` + ``optax.apply_updates``),
+with ``htga_jax.htga(lr, every_k=K)`` and ``optax.sgd(lr)``. Each round runs
+``K`` steps of every variant in turn (so each HTGA round contains exactly one
+re-estimation: its cost is amortised as in training), and the report gives the
+median time per step over rounds and the ratio HTGA / SGD of those medians,
+with the device named. Params and optimizer state are donated, as in a real
+training loop. Also prints HTGA's optimizer-state size next to the params'.
+
+    python benchmarks/overhead.py            # full run
+    python benchmarks/overhead.py --quick    # smoke run, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import htga_jax
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, *, rngs: nnx.Rngs, inputs: int = 784, hidden: int = 512, classes: int = 10):
+    self.l1 = nnx.Linear(inputs, hidden, rngs=rngs)
+    self.l2 = nnx.Linear(hidden, hidden, rngs=rngs)
+    self.l3 = nnx.Linear(hidden, classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    return self.l3(nnx.relu(self.l2(nnx.relu(self.l1(x)))))
+
+
+class CNN(nnx.Module):
+
+  def __init__(self, *, rngs: nnx.Rngs, channels: int = 32, classes: int = 10):
+    self.c1 = nnx.Conv(1, channels, kernel_size=(3, 3), strides=(2, 2), rngs=rngs)
+    self.c2 = nnx.Conv(channels, 2 * channels, kernel_size=(3, 3), strides=(2, 2), rngs=rngs)
+    self.out = nnx.Linear(2 * channels * 7 * 7, classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.c1(x))
+    x = nnx.relu(self.c2(x))
+    return self.out(x.reshape(x.shape[0], -1))
+
+
+def nbytes(tree) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def build(model: nnx.Module, tx: optax.GradientTransformation, batch: int, seed: int):
+  """Returns (full_step, update_only, carry) for one model and optimizer."""
+  graphdef, params = nnx.split(model, nnx.Param)
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.standard_normal((batch, 28, 28, 1)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
+
+  def loss_fn(p):
+    logits = nnx.merge(graphdef, p)(x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def full(params, state):
+    grads = jax.grad(loss_fn)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  grads = jax.grad(loss_fn)(params)
+
+  def update_only(params, state):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  jit = lambda f: jax.jit(f, donate_argnums=(0, 1))
+  copy = lambda t: jax.tree.map(jnp.array, t)  # donation consumes buffers
+  return jit(full), jit(update_only), lambda: (copy(params), tx.init(params))
+
+
+def time_steps(fn: Callable, carry, steps: int):
+  """Seconds per step over ``steps`` calls, and the carry to continue with."""
+  jax.block_until_ready(carry)
+  start = time.perf_counter()
+  for _ in range(steps):
+    carry = fn(*carry)
+  jax.block_until_ready(carry)
+  return (time.perf_counter() - start) / steps, carry
+
+
+def benchmark(name: str, make_model: Callable, args) -> list[dict]:
+  optimizers = {
+      "sgd": optax.sgd(args.lr),
+      "htga": htga_jax.htga(args.lr, every_k=args.every_k),
+  }
+  rows = []
+  for mode in ("full step", "update only"):
+    fns, carries = {}, {}
+    for opt_name, tx in optimizers.items():
+      full, update, fresh = build(make_model(), tx, args.batch_size, args.seed)
+      fns[opt_name] = full if mode == "full step" else update
+      carry = fresh()
+      for _ in range(args.warmup):  # compile, and pass one estimation
+        carry = fns[opt_name](*carry)
+      carries[opt_name] = carry
+    times = {k: [] for k in optimizers}
+    for _ in range(args.rounds):  # interleaved: drift hits both alike
+      for opt_name in optimizers:
+        t, carries[opt_name] = time_steps(fns[opt_name], carries[opt_name], args.every_k)
+        times[opt_name].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    per_round = [h / s for h, s in zip(times["htga"], times["sgd"])]
+    params = nnx.state(make_model(), nnx.Param)
+    rows.append({
+        "model": name,
+        "mode": mode,
+        "sgd_us": med["sgd"] * 1e6,
+        "htga_us": med["htga"] * 1e6,
+        "ratio": med["htga"] / med["sgd"],
+        "ratio_iqr": tuple(np.percentile(per_round, [25, 75])),
+        "params_bytes": nbytes(params),
+        "state_bytes": nbytes(jax.eval_shape(optimizers["htga"].init, params)),
+    })
+  return rows
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
+  parser.add_argument("--every-k", type=int, default=100, help="HTGA every_k = steps per round")
+  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--lr", type=float, default=0.1)
+  parser.add_argument("--warmup", type=int, default=150, help="untimed steps per variant")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--quick", action="store_true", help="smoke run: 2 short rounds")
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.rounds, args.every_k, args.warmup = 2, 5, 6
+
+  dev = jax.devices()[0]
+  print(f"device: {dev.platform} / {dev.device_kind} ({jax.device_count()} device(s)), jax {jax.__version__}")
+  print(f"rounds={args.rounds}, steps/round=every_k={args.every_k}, batch={args.batch_size}\n")
+  models = {
+      "MLP 784-512-512-10": lambda: MLP(rngs=nnx.Rngs(0)),
+      "CNN 2 conv + linear": lambda: CNN(rngs=nnx.Rngs(0)),
+  }
+  rows = []
+  for name, make in models.items():
+    rows += benchmark(name, make, args)
+  print("| model | step | SGD (us/step) | HTGA (us/step) | HTGA / SGD (median) | per-round ratio IQR | params | HTGA state |")
+  print("|---|---|---:|---:|---:|---|---:|---:|")
+  for r in rows:
+    lo, hi = r["ratio_iqr"]
+    print(
+        f"| {r['model']} | {r['mode']} | {r['sgd_us']:.0f} | {r['htga_us']:.0f} | "
+        f"{r['ratio']:.3f} | {lo:.3f}-{hi:.3f} | {r['params_bytes'] / 2**20:.2f} MiB | "
+        f"{r['state_bytes'] / 2**20:.2f} MiB |"
+    )
+
+
+if __name__ == "__main__":
+  main()
