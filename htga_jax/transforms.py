@@ -345,31 +345,32 @@ def scale_by_tail_index(
     row = jnp.where(jnp.isfinite(row), row, old)
     buffer = jax.lax.dynamic_update_index_in_dim(state.buffer, row, slot, axis=1)
 
-    alpha = jnp.stack(jax.tree.leaves(state.alpha))
-    scale = jnp.stack(jax.tree.leaves(state.scale))
-
-    def refresh(operands):
-      buf, alpha, scale = operands
+    def refresh(buf, alpha, scale):
+      # Leaves are stacked and unstacked only here: on the other steps the
+      # per-leaf scalars pass through the cond untouched (no per-leaf ops).
+      alpha, scale = jnp.stack(alpha), jnp.stack(scale)
       new_alpha = estimate(buf, sizes)
       new_scale = _multiplier(
           new_alpha, multiplier, alpha_target, gamma, coef, min_scale, max_scale
       )
       ok = jnp.isfinite(new_alpha) & jnp.isfinite(new_scale)
-      return jnp.where(ok, new_alpha, alpha), jnp.where(ok, new_scale, scale)
+      alpha, scale = jnp.where(ok, new_alpha, alpha), jnp.where(ok, new_scale, scale)
+      return list(alpha), list(scale)
 
     # count is the number of updates seen including this one.
     due = (count >= win) & ((count - win) % every_k == 0)
-    alpha, scale = jax.lax.cond(due, refresh, lambda ops: ops[1:], (buffer, alpha, scale))
+    alpha, scale = jax.lax.cond(
+        due, refresh, lambda buf, alpha, scale: (alpha, scale),
+        buffer, jax.tree.leaves(state.alpha), jax.tree.leaves(state.scale),
+    )
 
-    new_updates = treedef.unflatten([
-        x * scale[i].astype(x.dtype) for i, x in enumerate(leaves)
-    ])
+    new_updates = treedef.unflatten([x * s.astype(x.dtype) for x, s in zip(leaves, scale)])
     state_tree = jax.tree.structure(state.alpha)
     return new_updates, ScaleByTailIndexState(
         count=count,
         buffer=buffer,
-        alpha=state_tree.unflatten(list(alpha)),
-        scale=state_tree.unflatten(list(scale)),
+        alpha=state_tree.unflatten(alpha),
+        scale=state_tree.unflatten(scale),
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,48 @@
+"""The example and the benchmark run end to end (tiny settings)."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load(relpath: str):
+  spec = importlib.util.spec_from_file_location(relpath.replace("/", "_")[:-3], ROOT / relpath)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_mnist1d_example_trains_and_reports_tail_indices(capsys):
+  example = load("examples/train_mnist1d.py")
+  result = example.train(steps=40, every_k=10, report_every=40, progress=False)
+  out = capsys.readouterr().out
+  assert "conv1/kernel" in out and "dense/kernel" in out
+  assert 0.0 <= result["test_acc"] <= 1.0 and result["train_loss"] < 2.5  # below chance: learning
+
+
+def test_example_help_and_bad_optimizer():
+  example = load("examples/train_mnist1d.py")
+  with pytest.raises(SystemExit) as e:
+    example.main(["--help"])
+  assert e.value.code == 0
+  with pytest.raises(ValueError, match="--optimizer"):
+    example.make_optimizer("adamw", 0.1, 10)
+
+
+def test_overhead_benchmark_quick_run_prints_ratios(capsys):
+  bench = load("benchmarks/overhead.py")
+  bench.main(["--quick"])
+  out = capsys.readouterr().out
+  assert "device: cpu" in out
+  assert out.count("| full step |") == 2 and out.count("| update only |") == 2
+  assert out.count("implies a full-step ratio") == 2
+
+
+def test_ratio_with_ci_on_a_known_case():
+  bench = load("benchmarks/overhead.py")
+  ratio, (lo, hi) = bench.ratio_with_ci([2.0, 2.2, 1.8, 2.0, 2.0], [1.0, 1.1, 0.9, 1.0, 1.0], seed=0)
+  assert ratio == pytest.approx(2.0)
+  assert lo <= 2.0 <= hi and hi - lo < 0.5
