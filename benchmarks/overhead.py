@@ -7,8 +7,10 @@ with ``htga_jax.htga(lr, every_k=K)`` and ``optax.sgd(lr)``. Each round runs
 ``K`` steps of every variant in turn (so each HTGA round contains exactly one
 re-estimation: its cost is amortised as in training), and the report gives the
 median time per step over rounds, the ratio HTGA / SGD of those medians with a
-paired-bootstrap 95% interval, and the device name. Params and optimizer state are donated, as in a real
-training loop. Also prints HTGA's optimizer-state size next to the params'.
+paired-bootstrap 95% interval, and the device name. Params and optimizer
+state are donated, as in a real training loop. Also prints HTGA's
+optimizer-state size next to the params'. A second, separately compiled SGD
+(the A/A column) measures the machine's noise floor.
 
     python benchmarks/overhead.py            # full run
     python benchmarks/overhead.py --quick    # smoke run, seconds
@@ -31,7 +33,6 @@ import htga_jax
 
 
 class MLP(nnx.Module):
-
   def __init__(self, *, rngs: nnx.Rngs, inputs: int = 784, hidden: int = 512, classes: int = 10):
     self.l1 = nnx.Linear(inputs, hidden, rngs=rngs)
     self.l2 = nnx.Linear(hidden, hidden, rngs=rngs)
@@ -43,7 +44,6 @@ class MLP(nnx.Module):
 
 
 class CNN(nnx.Module):
-
   def __init__(self, *, rngs: nnx.Rngs, channels: int = 16, classes: int = 10):
     self.c1 = nnx.Conv(1, channels, kernel_size=(3, 3), strides=(2, 2), rngs=rngs)
     self.c2 = nnx.Conv(channels, 2 * channels, kernel_size=(3, 3), strides=(2, 2), rngs=rngs)
@@ -114,9 +114,9 @@ def benchmark(name: str, make_model: Callable, args) -> list[dict]:
   # "sgd (A/A)" is a second, separately compiled SGD: its ratio to "sgd" is
   # the noise floor of this machine, against which HTGA's ratio is read.
   optimizers = {
-      "sgd": optax.sgd(args.lr),
-      "sgd (A/A)": optax.sgd(args.lr),
-      "htga": htga_jax.htga(args.lr, every_k=args.every_k),
+    "sgd": optax.sgd(args.lr),
+    "sgd (A/A)": optax.sgd(args.lr),
+    "htga": htga_jax.htga(args.lr, every_k=args.every_k),
   }
   order_rng = np.random.default_rng(args.seed)
   rows = []
@@ -137,7 +137,8 @@ def benchmark(name: str, make_model: Callable, args) -> list[dict]:
         t, carries[opt_name] = time_steps(fns[opt_name], carries[opt_name], args.every_k)
         times[opt_name].append(t)
     params = nnx.state(make_model(), nnx.Param)
-    rows.append({
+    rows.append(
+      {
         "model": name,
         "mode": mode,
         "sgd_us": statistics.median(times["sgd"]) * 1e6,
@@ -146,31 +147,34 @@ def benchmark(name: str, make_model: Callable, args) -> list[dict]:
         "aa": ratio_with_ci(times["sgd (A/A)"], times["sgd"], args.seed),
         "params_bytes": nbytes(params),
         "state_bytes": nbytes(jax.eval_shape(optimizers["htga"].init, params)),
-    })
+      }
+    )
   return rows
 
 
 def print_report(rows: list[dict]) -> None:
   """Markdown table, then the full-step ratio implied by the update's cost."""
   fmt = lambda r: f"{r[0]:.3f} [{r[1][0]:.3f}, {r[1][1]:.3f}]"
-  print("| model | timed | SGD (us/step) | HTGA (us/step) | HTGA / SGD [95% CI] "
-        "| A/A: SGD / SGD [95% CI] | params | HTGA state |")
+  print(
+    "| model | timed | SGD (us/step) | HTGA (us/step) | HTGA / SGD [95% CI] "
+    "| A/A: SGD / SGD [95% CI] | params | HTGA state |"
+  )
   print("|---|---|---:|---:|---|---|---:|---:|")
   for r in rows:
     print(
-        f"| {r['model']} | {r['mode']} | {r['sgd_us']:.0f} | {r['htga_us']:.0f} | "
-        f"{fmt(r['htga'])} | {fmt(r['aa'])} | {r['params_bytes'] / 2**20:.2f} MiB | "
-        f"{r['state_bytes'] / 2**10:.0f} KiB |"
+      f"| {r['model']} | {r['mode']} | {r['sgd_us']:.0f} | {r['htga_us']:.0f} | "
+      f"{fmt(r['htga'])} | {fmt(r['aa'])} | {r['params_bytes'] / 2**20:.2f} MiB | "
+      f"{r['state_bytes'] / 2**10:.0f} KiB |"
     )
   print("\nTimes are medians over rounds of every_k steps; ratios are ratios of those")
   print("medians with paired-bootstrap intervals. The A/A column times two identical")
   print("SGD programs: the noise floor of this machine.\n")
-  for full, update in zip(rows[::2], rows[1::2]):
+  for full, update in zip(rows[::2], rows[1::2], strict=True):
     extra = update["htga_us"] - update["sgd_us"]
     print(
-        f"{full['model']}: HTGA's update costs {extra:+.0f} us/step over SGD's; on a "
-        f"{full['sgd_us']:.0f} us SGD step that implies a full-step ratio of "
-        f"{1 + extra / full['sgd_us']:.3f}."
+      f"{full['model']}: HTGA's update costs {extra:+.0f} us/step over SGD's; on a "
+      f"{full['sgd_us']:.0f} us SGD step that implies a full-step ratio of "
+      f"{1 + extra / full['sgd_us']:.3f}."
     )
 
 
@@ -188,11 +192,12 @@ def main(argv=None) -> None:
     args.rounds, args.every_k, args.warmup = 2, 5, 6
 
   dev = jax.devices()[0]
-  print(f"device: {dev.platform} / {dev.device_kind} ({jax.device_count()} device(s)), jax {jax.__version__}")
+  devices = f"{jax.device_count()} device(s)"
+  print(f"device: {dev.platform} / {dev.device_kind} ({devices}), jax {jax.__version__}")
   print(f"rounds={args.rounds}, steps/round=every_k={args.every_k}, batch={args.batch_size}\n")
   models = {
-      "MLP 784-512-512-10": lambda: MLP(rngs=nnx.Rngs(0)),
-      "CNN 2 conv + linear": lambda: CNN(rngs=nnx.Rngs(0)),
+    "MLP 784-512-512-10": lambda: MLP(rngs=nnx.Rngs(0)),
+    "CNN 2 conv + linear": lambda: CNN(rngs=nnx.Rngs(0)),
   }
   rows = []
   for name, make in models.items():

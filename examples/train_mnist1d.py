@@ -33,10 +33,10 @@ def load_mnist1d(seed: int = 42) -> dict[str, np.ndarray]:
   args.seed = seed
   data = make_dataset(args)  # procedural: never touches the network
   return {
-      "x": data["x"].astype(np.float32),
-      "y": data["y"].astype(np.int32),
-      "x_test": data["x_test"].astype(np.float32),
-      "y_test": data["y_test"].astype(np.int32),
+    "x": data["x"].astype(np.float32),
+    "y": data["y"].astype(np.int32),
+    "x_test": data["x_test"].astype(np.float32),
+    "y_test": data["y_test"].astype(np.int32),
   }
 
 
@@ -76,14 +76,14 @@ def format_report(opt_state) -> str:
 
 
 def train(
-    optimizer: str = "htga",
-    steps: int = 6000,
-    batch_size: int = 128,
-    lr: float = 0.05,
-    every_k: int = 100,
-    seed: int = 0,
-    report_every: int = 1000,
-    progress: bool = True,
+  optimizer: str = "htga",
+  steps: int = 6000,
+  batch_size: int = 128,
+  lr: float = 0.05,
+  every_k: int = 100,
+  seed: int = 0,
+  report_every: int = 1000,
+  progress: bool = True,
 ) -> dict[str, float]:
   """Trains the CNN and returns final train/test accuracy and loss."""
   data = load_mnist1d()
@@ -124,15 +124,15 @@ def train(
   train_loss, train_acc = evaluate(params, data["x"], data["y"])
   test_loss, test_acc = evaluate(params, data["x_test"], data["y_test"])
   result = {
-      "train_loss": float(train_loss),
-      "train_acc": float(train_acc),
-      "test_loss": float(test_loss),
-      "test_acc": float(test_acc),
-      "seconds": elapsed,
+    "train_loss": float(train_loss),
+    "train_acc": float(train_acc),
+    "test_loss": float(test_loss),
+    "test_acc": float(test_acc),
+    "seconds": elapsed,
   }
   print(
-      f"{optimizer}: train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f} "
-      f"(test loss {result['test_loss']:.3f}) in {elapsed:.1f}s"
+    f"{optimizer}: train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f} "
+    f"(test loss {result['test_loss']:.3f}) in {elapsed:.1f}s"
   )
   return result
 
@@ -149,14 +149,14 @@ def main(argv=None) -> None:
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   args = parser.parse_args(argv)
   train(
-      optimizer=args.optimizer,
-      steps=args.steps,
-      batch_size=args.batch_size,
-      lr=args.lr,
-      every_k=args.every_k,
-      seed=args.seed,
-      report_every=args.report_every,
-      progress=not args.no_progress,
+    optimizer=args.optimizer,
+    steps=args.steps,
+    batch_size=args.batch_size,
+    lr=args.lr,
+    every_k=args.every_k,
+    seed=args.seed,
+    report_every=args.report_every,
+    progress=not args.no_progress,
   )
 
 

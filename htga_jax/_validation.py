@@ -16,9 +16,9 @@ import jax
 import numpy as np
 
 _STATIC_HINT = (
-    "it sets array shapes, so it must be a concrete Python number; with "
-    "optax.inject_hyperparams, list it in static_args (see "
-    "htga_jax.STATIC_ARGS)"
+  "it sets array shapes, so it must be a concrete Python number; with "
+  "optax.inject_hyperparams, list it in static_args (see "
+  "htga_jax.STATIC_ARGS)"
 )
 
 
@@ -60,9 +60,7 @@ def check_le(lo_name: str, lo: Any, hi_name: str, hi: Any) -> None:
   if is_traced(lo) or is_traced(hi):
     return
   if _concrete_float(lo_name, lo) > _concrete_float(hi_name, hi):
-    raise ValueError(
-        f"{lo_name} must be <= {hi_name}, got {lo_name}={lo!r} > {hi_name}={hi!r}"
-    )
+    raise ValueError(f"{lo_name} must be <= {hi_name}, got {lo_name}={lo!r} > {hi_name}={hi!r}")
 
 
 def static_int(name: str, value: Any, minimum: int | None = None) -> int:
@@ -75,12 +73,12 @@ def static_int(name: str, value: Any, minimum: int | None = None) -> int:
   if is_traced(value):
     raise TypeError(f"{name} is traced, but {_STATIC_HINT}")
   if isinstance(value, bool) or not (
-      isinstance(value, (int, np.integer))
-      or (
-          hasattr(value, "dtype")
-          and np.shape(value) == ()
-          and np.issubdtype(np.asarray(value).dtype, np.integer)
-      )
+    isinstance(value, (int, np.integer))
+    or (
+      hasattr(value, "dtype")
+      and np.shape(value) == ()
+      and np.issubdtype(np.asarray(value).dtype, np.integer)
+    )
   ):
     raise TypeError(f"{name} must be an int, got {value!r}")
   out = int(value)
@@ -108,8 +106,8 @@ def static_int_or_fraction(name: str, value: Any) -> int | float:
     x = float(arr)
     if not (0.0 < x < 1.0):
       raise ValueError(
-          f"{name} as a float is a fraction of the sample and must be in "
-          f"(0, 1), got {x!r}; pass an int for a count"
+        f"{name} as a float is a fraction of the sample and must be in "
+        f"(0, 1), got {x!r}; pass an int for a count"
       )
     return x
   raise TypeError(f"{name} must be an int >= 1 or a float in (0, 1), got {value!r}")

@@ -57,14 +57,13 @@ def tail_index_report(opt_state: Any) -> dict[str, dict[str, float]]:
     scale = optax.tree_utils.tree_get(opt_state, "scale")
   except KeyError as e:
     raise ValueError(
-        "opt_state holds several HTGA states; pass the one to report "
-        "(e.g. opt_state[0])"
+      "opt_state holds several HTGA states; pass the one to report (e.g. opt_state[0])"
     ) from e
   if alpha is None or scale is None:
     raise ValueError("opt_state holds no HTGA state (no 'alpha'/'scale' fields)")
   named = jax.tree_util.tree_leaves_with_path(alpha)
   scales = jax.tree.leaves(scale)
   return {
-      path_name(path): {"alpha": float(np.asarray(a)), "scale": float(np.asarray(s))}
-      for (path, a), s in zip(named, scales)
+    path_name(path): {"alpha": float(np.asarray(a)), "scale": float(np.asarray(s))}
+    for (path, a), s in zip(named, scales, strict=True)
   }

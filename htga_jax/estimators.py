@@ -30,9 +30,7 @@ def _usable_magnitudes(samples: jax.Array, mask: jax.Array | None) -> jax.Array:
   if mask is not None:
     mask = jnp.asarray(mask)
     if mask.shape != samples.shape:
-      raise ValueError(
-          f"mask must have the shape of samples {samples.shape}, got {mask.shape}"
-      )
+      raise ValueError(f"mask must have the shape of samples {samples.shape}, got {mask.shape}")
   # abs before the cast: exact for every real dtype, and defined for complex.
   x = jnp.abs(samples).astype(jnp.float32).ravel()
   usable = jnp.isfinite(x) & (x > 0)
@@ -159,7 +157,7 @@ def _odd_even_merge_sort(lo: int, hi: int):
     yield from _odd_even_merge(lo, hi, 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _median_network(n: int) -> tuple[int, tuple[tuple[int, int], ...]]:
   """Batcher's odd-even merge sort on the next power of two >= n, pruned.
 

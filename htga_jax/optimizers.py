@@ -12,11 +12,11 @@ __all__ = ["htga"]
 
 
 def htga(
-    learning_rate: optax.ScalarOrSchedule,
-    alpha_target: float = 3.0,
-    gamma: float = 0.5,
-    momentum: float | None = None,
-    **kwargs: Any,
+  learning_rate: optax.ScalarOrSchedule,
+  alpha_target: float = 3.0,
+  gamma: float = 0.5,
+  momentum: float | None = None,
+  **kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD whose step is rescaled by the gradients' estimated tail index (HTGA).
 
@@ -53,6 +53,6 @@ def htga(
   # "kwargs" and passes it back as such: unwrap it (it is static there).
   kwargs = {**kwargs.pop("kwargs", {}), **kwargs}
   return optax.chain(
-      scale_by_tail_index(alpha_target, gamma, **kwargs),
-      optax.sgd(learning_rate, momentum),
+    scale_by_tail_index(alpha_target, gamma, **kwargs),
+    optax.sgd(learning_rate, momentum),
   )

@@ -32,15 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from htga_jax import _validation
-from htga_jax import estimators
+from htga_jax import _validation, estimators
 
 __all__ = [
-    "MULTIPLIERS",
-    "GRANULARITIES",
-    "STATIC_ARGS",
-    "ScaleByTailIndexState",
-    "scale_by_tail_index",
+  "MULTIPLIERS",
+  "GRANULARITIES",
+  "STATIC_ARGS",
+  "ScaleByTailIndexState",
+  "scale_by_tail_index",
 ]
 
 #: Multiplier families lambda(alpha_hat), before clamping to [min_scale, max_scale].
@@ -136,21 +135,21 @@ def _multiplier(alpha, multiplier, alpha_target, gamma, coef, min_scale, max_sca
 
 
 def scale_by_tail_index(
-    alpha_target: float = 3.0,
-    gamma: float = 0.5,
-    *,
-    window: int = 32,
-    sample_size: int = 512,
-    k: int | float = 0.02,
-    min_k: int = 10,
-    every_k: int = 100,
-    min_scale: float = 0.5,
-    max_scale: float = 2.0,
-    multiplier: str = "power",
-    coef: float = 1.0,
-    granularity: str = "leaf",
-    centered: bool = True,
-    seed: int = 0,
+  alpha_target: float = 3.0,
+  gamma: float = 0.5,
+  *,
+  window: int = 32,
+  sample_size: int = 512,
+  k: int | float = 0.02,
+  min_k: int = 10,
+  every_k: int = 100,
+  min_scale: float = 0.5,
+  max_scale: float = 2.0,
+  multiplier: str = "power",
+  coef: float = 1.0,
+  granularity: str = "leaf",
+  centered: bool = True,
+  seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by a multiplier of their estimated tail index (HTGA).
 
@@ -263,13 +262,13 @@ def scale_by_tail_index(
     raise TypeError(f"centered must be a bool, got {centered!r}")
   if centered and window < 2:
     raise ValueError(
-        "window must be >= 2 when centered=True: a one-step window minus its "
-        "own median is all zeros, so nothing could ever be estimated"
+      "window must be >= 2 when centered=True: a one-step window minus its "
+      "own median is all zeros, so nothing could ever be estimated"
     )
   if isinstance(k, int) and k + 1 > window * sample_size:
     raise ValueError(
-        f"k={k} needs k + 1 <= window * sample_size = {window * sample_size} "
-        "samples per leaf; lower k or raise window / sample_size"
+      f"k={k} needs k + 1 <= window * sample_size = {window * sample_size} "
+      "samples per leaf; lower k or raise window / sample_size"
     )
 
   def init_fn(params):
@@ -281,20 +280,18 @@ def scale_by_tail_index(
       # them.
       empty = jnp.zeros((0,), jnp.float32)
       return ScaleByTailIndexState(
-          count=jnp.zeros([], jnp.int32),
-          buffer=jnp.zeros((0, window, 1), jnp.float32),
-          alpha=empty,
-          scale=empty,
+        count=jnp.zeros([], jnp.int32),
+        buffer=jnp.zeros((0, window, 1), jnp.float32),
+        alpha=empty,
+        scale=empty,
       )
     width = max(1, min(sample_size, max(_leaf_sizes(leaves))))
-    per_leaf = lambda value: jax.tree.map(
-        lambda _: jnp.full([], value, jnp.float32), params
-    )
+    per_leaf = lambda value: jax.tree.map(lambda _: jnp.full([], value, jnp.float32), params)
     return ScaleByTailIndexState(
-        count=jnp.zeros([], jnp.int32),
-        buffer=jnp.zeros((len(leaves), window, width), jnp.float32),
-        alpha=per_leaf(0.0),
-        scale=per_leaf(1.0),
+      count=jnp.zeros([], jnp.int32),
+      buffer=jnp.zeros((len(leaves), window, width), jnp.float32),
+      alpha=per_leaf(0.0),
+      scale=per_leaf(1.0),
     )
 
   def estimate(buffer: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
@@ -327,14 +324,12 @@ def scale_by_tail_index(
       return updates, state._replace(count=count)
     for leaf in leaves:
       if jnp.iscomplexobj(leaf):
-        raise TypeError(
-            f"scale_by_tail_index needs real updates, got dtype {leaf.dtype}"
-        )
+        raise TypeError(f"scale_by_tail_index needs real updates, got dtype {leaf.dtype}")
     num_leaves, win, width = state.buffer.shape
     if num_leaves != len(leaves):
       raise ValueError(
-          f"updates have {len(leaves)} leaves but the state was initialised "
-          f"for {num_leaves}; init and update must see the same tree"
+        f"updates have {len(leaves)} leaves but the state was initialised "
+        f"for {num_leaves}; init and update must see the same tree"
       )
     sizes = _leaf_sizes(leaves)
 
@@ -351,7 +346,7 @@ def scale_by_tail_index(
       alpha, scale = jnp.stack(alpha), jnp.stack(scale)
       new_alpha = estimate(buf, sizes)
       new_scale = _multiplier(
-          new_alpha, multiplier, alpha_target, gamma, coef, min_scale, max_scale
+        new_alpha, multiplier, alpha_target, gamma, coef, min_scale, max_scale
       )
       ok = jnp.isfinite(new_alpha) & jnp.isfinite(new_scale)
       alpha, scale = jnp.where(ok, new_alpha, alpha), jnp.where(ok, new_scale, scale)
@@ -360,17 +355,22 @@ def scale_by_tail_index(
     # count is the number of updates seen including this one.
     due = (count >= win) & ((count - win) % every_k == 0)
     alpha, scale = jax.lax.cond(
-        due, refresh, lambda buf, alpha, scale: (alpha, scale),
-        buffer, jax.tree.leaves(state.alpha), jax.tree.leaves(state.scale),
+      due,
+      refresh,
+      lambda buf, alpha, scale: (alpha, scale),
+      buffer,
+      jax.tree.leaves(state.alpha),
+      jax.tree.leaves(state.scale),
     )
 
-    new_updates = treedef.unflatten([x * s.astype(x.dtype) for x, s in zip(leaves, scale)])
+    scaled = [x * s.astype(x.dtype) for x, s in zip(leaves, scale, strict=True)]
+    new_updates = treedef.unflatten(scaled)
     state_tree = jax.tree.structure(state.alpha)
     return new_updates, ScaleByTailIndexState(
-        count=count,
-        buffer=buffer,
-        alpha=state_tree.unflatten(alpha),
-        scale=state_tree.unflatten(scale),
+      count=count,
+      buffer=buffer,
+      alpha=state_tree.unflatten(alpha),
+      scale=state_tree.unflatten(scale),
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -63,7 +63,7 @@ def stable(rng: np.random.Generator, alpha: float, size) -> np.ndarray:
   if alpha == 1.0:
     return np.tan(v)
   return (
-      np.sin(alpha * v)
-      / np.cos(v) ** (1.0 / alpha)
-      * (np.cos((1.0 - alpha) * v) / w) ** ((1.0 - alpha) / alpha)
+    np.sin(alpha * v)
+    / np.cos(v) ** (1.0 / alpha)
+    * (np.cos((1.0 - alpha) * v) / w) ** ((1.0 - alpha) / alpha)
   )

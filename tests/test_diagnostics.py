@@ -31,15 +31,20 @@ def test_report_gives_alpha_and_scale_per_leaf_through_a_chain():
   state = opt.init(params)
   rng = np.random.default_rng(0)
   for _ in range(4):
-    g = {"dense": {"kernel": jnp.asarray(ref.student_t(rng, 2.0, (30, 20)), jnp.float32),
-                   "bias": jnp.asarray(rng.standard_normal(2), jnp.float32)}}
+    g = {
+      "dense": {
+        "kernel": jnp.asarray(ref.student_t(rng, 2.0, (30, 20)), jnp.float32),
+        "bias": jnp.asarray(rng.standard_normal(2), jnp.float32),
+      }
+    }
     _, state = opt.update(g, state, params)
   report = htga_jax.tail_index_report(state)
   assert list(report) == ["dense/bias", "dense/kernel"]
   alpha = optax.tree_utils.tree_get(state, "alpha")
   scale = optax.tree_utils.tree_get(state, "scale")
   assert report["dense/kernel"] == {
-      "alpha": float(alpha["dense"]["kernel"]), "scale": float(scale["dense"]["kernel"])
+    "alpha": float(alpha["dense"]["kernel"]),
+    "scale": float(scale["dense"]["kernel"]),
   }
   assert report["dense/kernel"]["alpha"] > 0
   assert report["dense/bias"] == {"alpha": 0.0, "scale": 1.0}  # too small for min_k

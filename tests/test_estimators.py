@@ -15,16 +15,15 @@ K = 300  # bias below 0.5 standard errors for every law below at this n (measure
 
 
 class TestHillAgainstNumpyReference(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_matches_reference_on_heavy_and_light_data(self):
     rng = np.random.default_rng(0)
     hill = self.variant(htga_jax.hill, static_argnames="k")
     cases = [
-        (ref.student_t(rng, 2.5, (64, 100)), 50),
-        (rng.standard_normal(5000), 7),
-        (ref.symmetric_pareto(rng, 1.0, (10, 10, 10)), 1),
-        (ref.stable(rng, 1.5, 2048), 200),
+      (ref.student_t(rng, 2.5, (64, 100)), 50),
+      (rng.standard_normal(5000), 7),
+      (ref.symmetric_pareto(rng, 1.0, (10, 10, 10)), 1),
+      (ref.stable(rng, 1.5, 2048), 200),
     ]
     for x, k in cases:
       x32 = np.asarray(x, np.float32)
@@ -43,9 +42,7 @@ class TestHillAgainstNumpyReference(chex.TestCase):
     top = np.argmax(np.abs(x))
     mask2 = np.ones_like(mask)
     mask2[top] = False
-    np.testing.assert_allclose(
-        float(hill(x, mask2)), ref.hill(np.delete(x, top), 40), rtol=2e-5
-    )
+    np.testing.assert_allclose(float(hill(x, mask2)), ref.hill(np.delete(x, top), 40), rtol=2e-5)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_non_finite_and_zero_entries_are_ignored(self):
@@ -72,15 +69,15 @@ class TestHillAgainstNumpyReference(chex.TestCase):
 
 
 @pytest.mark.parametrize(
-    "law, alpha",
-    [
-        ("pareto", 0.8),
-        ("pareto", 1.5),
-        ("pareto", 3.0),
-        ("student_t", 2.0),
-        ("student_t", 3.0),
-        ("stable", 1.2),
-    ],
+  "law, alpha",
+  [
+    ("pareto", 0.8),
+    ("pareto", 1.5),
+    ("pareto", 3.0),
+    ("student_t", 2.0),
+    ("student_t", 3.0),
+    ("stable", 1.2),
+  ],
 )
 def test_recovers_known_tail_index_within_four_standard_errors(law, alpha):
   rng = np.random.default_rng(int(alpha * 100))
@@ -133,18 +130,18 @@ def test_hill_from_top_accepts_per_row_traced_k():
   ks = np.array([5, 50, 200, 399])
   top = estimators.top_magnitudes(jnp.asarray(x), 400)
   got = jax.jit(estimators.hill_from_top)(top, jnp.asarray(ks))
-  np.testing.assert_allclose(got, [ref.hill(r, k) for r, k in zip(x, ks)], rtol=2e-5)
+  np.testing.assert_allclose(got, [ref.hill(r, k) for r, k in zip(x, ks, strict=True)], rtol=2e-5)
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, match",
-    [
-        (dict(k=0), ValueError, "k must be >= 1"),
-        (dict(k=-3), ValueError, "k must be >= 1"),
-        (dict(k=2.5), TypeError, "k must be an int"),
-        (dict(k=True), TypeError, "k must be an int"),
-        (dict(k=3, mask=np.ones(5, bool)), ValueError, "mask must have the shape"),
-    ],
+  "kwargs, error, match",
+  [
+    (dict(k=0), ValueError, "k must be >= 1"),
+    (dict(k=-3), ValueError, "k must be >= 1"),
+    (dict(k=2.5), TypeError, "k must be an int"),
+    (dict(k=True), TypeError, "k must be an int"),
+    (dict(k=3, mask=np.ones(5, bool)), ValueError, "mask must have the shape"),
+  ],
 )
 def test_bad_arguments_raise_naming_them(kwargs, error, match):
   with pytest.raises(error, match=match):
@@ -164,4 +161,6 @@ def test_median_matches_numpy(n, axis):
 
 def test_median_is_vmappable():
   x = np.random.default_rng(0).standard_normal((4, 9, 6)).astype(np.float32)
-  np.testing.assert_allclose(jax.vmap(lambda r: estimators.median(r, 0))(x), np.median(x, axis=1), rtol=1e-6)
+  np.testing.assert_allclose(
+    jax.vmap(lambda r: estimators.median(r, 0))(x), np.median(x, axis=1), rtol=1e-6
+  )

@@ -14,8 +14,8 @@ import htga_jax
 from tests import reference as ref
 
 OPTIMIZERS = {
-    "htga": dict(momentum=None),
-    "htga_momentum": dict(momentum=0.9),
+  "htga": dict(momentum=None),
+  "htga_momentum": dict(momentum=0.9),
 }
 FAST = dict(window=8, every_k=10)  # estimates early enough for short runs
 
@@ -32,7 +32,7 @@ def test_is_exactly_chain_of_scale_by_tail_index_and_sgd(name):
   kw = OPTIMIZERS[name]
   opt = htga_jax.htga(0.1, alpha_target=2.5, gamma=0.7, **kw, **FAST)
   chained = optax.chain(
-      htga_jax.scale_by_tail_index(2.5, 0.7, **FAST), optax.sgd(0.1, kw["momentum"])
+    htga_jax.scale_by_tail_index(2.5, 0.7, **FAST), optax.sgd(0.1, kw["momentum"])
   )
   params = {"w": jnp.zeros(300)}
   s1, s2 = opt.init(params), chained.init(params)
@@ -48,9 +48,7 @@ def test_first_step_is_learning_rate_times_scale_times_gradient(name):
   # theta <- theta - eta * lambda * g. Uncentred with a one-step window, the
   # first estimate is Hill on |g| itself; momentum has no history yet.
   n = 4000
-  opt = htga_jax.htga(
-      0.1, **OPTIMIZERS[name], window=1, every_k=1, centered=False, sample_size=n
-  )
+  opt = htga_jax.htga(0.1, **OPTIMIZERS[name], window=1, every_k=1, centered=False, sample_size=n)
   g = {"w": jnp.asarray(ref.student_t(np.random.default_rng(1), 1.5, n), jnp.float32)}
   params = {"w": jnp.zeros(n)}
   u, state = opt.update(g, opt.init(params), params)

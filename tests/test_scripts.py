@@ -43,6 +43,8 @@ def test_overhead_benchmark_quick_run_prints_ratios(capsys):
 
 def test_ratio_with_ci_on_a_known_case():
   bench = load("benchmarks/overhead.py")
-  ratio, (lo, hi) = bench.ratio_with_ci([2.0, 2.2, 1.8, 2.0, 2.0], [1.0, 1.1, 0.9, 1.0, 1.0], seed=0)
+  ratio, (lo, hi) = bench.ratio_with_ci(
+    [2.0, 2.2, 1.8, 2.0, 2.0], [1.0, 1.1, 0.9, 1.0, 1.0], seed=0
+  )
   assert ratio == pytest.approx(2.0)
   assert lo <= 2.0 <= hi and hi - lo < 0.5

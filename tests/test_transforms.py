@@ -40,8 +40,8 @@ def t_stream(seed, shape, nu, steps, dtype=np.float32):
 
 def test_identity_bit_for_bit_before_first_estimate():
   stream = {
-      "w": t_stream(0, (7, 5), 1.5, 7),
-      "h": t_stream(1, (9,), 2.0, 7).astype(jnp.bfloat16),
+    "w": t_stream(0, (7, 5), 1.5, 7),
+    "h": t_stream(1, (9,), 2.0, 7).astype(jnp.bfloat16),
   }
   tx = htga_jax.scale_by_tail_index(window=8, every_k=5)
   u, a, s, _ = run_stream(tx, stream)
@@ -90,8 +90,8 @@ def test_global_granularity_pools_all_leaves():
   tx = htga_jax.scale_by_tail_index(window=window, granularity="global")
   _, a, _, _ = run_stream(tx, stream)
   centred = [
-      x.reshape(steps, -1) - np.median(x.reshape(steps, -1), axis=0, keepdims=True)
-      for x in stream.values()
+    x.reshape(steps, -1) - np.median(x.reshape(steps, -1), axis=0, keepdims=True)
+    for x in stream.values()
   ]
   pooled = np.concatenate([c.ravel() for c in centred])
   want = ref.hill(pooled, round(0.02 * pooled.size))
@@ -107,9 +107,9 @@ def test_per_leaf_estimates_recover_different_known_tail_indices():
   steps, shape = 32, (64, 64)
   mean = 5.0 * rng.standard_normal(shape)
   stream = {
-      "stable_1.2": mean + ref.stable(rng, 1.2, (steps, *shape)),
-      "student_3": mean + ref.student_t(rng, 3.0, (steps, *shape)),
-      "gaussian": mean + rng.standard_normal((steps, *shape)),
+    "stable_1.2": mean + ref.stable(rng, 1.2, (steps, *shape)),
+    "student_3": mean + ref.student_t(rng, 3.0, (steps, *shape)),
+    "gaussian": mean + rng.standard_normal((steps, *shape)),
   }
   stream = jax.tree.map(lambda x: x.astype(np.float32), stream)
   _, a, _, _ = run_stream(htga_jax.scale_by_tail_index(), stream)
@@ -150,13 +150,13 @@ def test_large_leaf_is_sampled_on_a_fixed_subset():
 
 
 @pytest.mark.parametrize(
-    "kwargs, law, expected",
-    [
-        # Cauchy: alpha ~ 1, (3 / 1) ** 0.5 ~ 1.73 is cut to max_scale.
-        (dict(max_scale=1.2), 1.0, 1.2),
-        # Gaussian: alpha ~ 7, (3 / 7) ** 0.5 ~ 0.65 is raised to min_scale.
-        (dict(min_scale=0.9), None, 0.9),
-    ],
+  "kwargs, law, expected",
+  [
+    # Cauchy: alpha ~ 1, (3 / 1) ** 0.5 ~ 1.73 is cut to max_scale.
+    (dict(max_scale=1.2), 1.0, 1.2),
+    # Gaussian: alpha ~ 7, (3 / 7) ** 0.5 ~ 0.65 is raised to min_scale.
+    (dict(min_scale=0.9), None, 0.9),
+  ],
 )
 def test_multiplier_is_clamped(kwargs, law, expected):
   rng = np.random.default_rng(8)
@@ -168,12 +168,12 @@ def test_multiplier_is_clamped(kwargs, law, expected):
 
 
 @pytest.mark.parametrize(
-    "kwargs, formula",
-    [
-        (dict(multiplier="linear", coef=0.25), lambda a: 0.25 * a),
-        (dict(multiplier="inverse_power", gamma=1.5), lambda a: a**-1.5),
-        (dict(multiplier="power", alpha_target=2.0, gamma=2.0), lambda a: (2.0 / a) ** 2),
-    ],
+  "kwargs, formula",
+  [
+    (dict(multiplier="linear", coef=0.25), lambda a: 0.25 * a),
+    (dict(multiplier="inverse_power", gamma=1.5), lambda a: a**-1.5),
+    (dict(multiplier="power", alpha_target=2.0, gamma=2.0), lambda a: (2.0 / a) ** 2),
+  ],
 )
 def test_multiplier_families(kwargs, formula):
   stream = {"w": t_stream(9, (2000,), 2.0, 8)}
@@ -199,9 +199,7 @@ def test_leaf_too_small_for_min_k_is_left_unscaled():
 def test_int_k_is_a_count_capped_for_small_leaves():
   stream = {"w": t_stream(12, (100,), 2.0, 8), "v": t_stream(13, (4,), 2.0, 8)}
   _, a, _, _ = run_stream(htga_jax.scale_by_tail_index(window=8, k=50), stream)
-  np.testing.assert_allclose(
-      a["w"][-1], ref.window_alpha(stream["w"], 50), rtol=1e-4
-  )
+  np.testing.assert_allclose(a["w"][-1], ref.window_alpha(stream["w"], 50), rtol=1e-4)
   # 8 x 4 = 32 values: k capped at 31 (>= min_k, so estimated).
   np.testing.assert_allclose(a["v"][-1], ref.window_alpha(stream["v"], 31), rtol=1e-4)
 
@@ -294,32 +292,32 @@ def test_mismatched_tree_is_rejected():
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, match",
-    [
-        (dict(alpha_target=0.0), ValueError, "alpha_target"),
-        (dict(alpha_target=-3.0), ValueError, "alpha_target"),
-        (dict(alpha_target=float("nan")), ValueError, "alpha_target"),
-        (dict(gamma=float("inf")), ValueError, "gamma"),
-        (dict(gamma=float("nan")), ValueError, "gamma"),
-        (dict(window=0), ValueError, "window"),
-        (dict(window=1), ValueError, "window must be >= 2 when centered"),
-        (dict(window=2.5), TypeError, "window"),
-        (dict(sample_size=0), ValueError, "sample_size"),
-        (dict(every_k=0), ValueError, "every_k"),
-        (dict(min_scale=0.0), ValueError, "min_scale"),
-        (dict(max_scale=float("nan")), ValueError, "max_scale"),
-        (dict(min_scale=2.0, max_scale=1.0), ValueError, "min_scale must be <= max_scale"),
-        (dict(k=0), ValueError, "k must be >= 1"),
-        (dict(k=1.5), ValueError, "fraction"),
-        (dict(k=5, min_k=10), ValueError, "min_k"),
-        (dict(k=100, window=4, sample_size=25), ValueError, "window \\* sample_size"),
-        (dict(min_k=0), ValueError, "min_k"),
-        (dict(multiplier="cubic"), ValueError, "multiplier"),
-        (dict(coef=0.0), ValueError, "coef"),
-        (dict(granularity="layer"), ValueError, "granularity"),
-        (dict(centered="yes"), TypeError, "centered"),
-        (dict(seed=1.0), TypeError, "seed"),
-    ],
+  "kwargs, error, match",
+  [
+    (dict(alpha_target=0.0), ValueError, "alpha_target"),
+    (dict(alpha_target=-3.0), ValueError, "alpha_target"),
+    (dict(alpha_target=float("nan")), ValueError, "alpha_target"),
+    (dict(gamma=float("inf")), ValueError, "gamma"),
+    (dict(gamma=float("nan")), ValueError, "gamma"),
+    (dict(window=0), ValueError, "window"),
+    (dict(window=1), ValueError, "window must be >= 2 when centered"),
+    (dict(window=2.5), TypeError, "window"),
+    (dict(sample_size=0), ValueError, "sample_size"),
+    (dict(every_k=0), ValueError, "every_k"),
+    (dict(min_scale=0.0), ValueError, "min_scale"),
+    (dict(max_scale=float("nan")), ValueError, "max_scale"),
+    (dict(min_scale=2.0, max_scale=1.0), ValueError, "min_scale must be <= max_scale"),
+    (dict(k=0), ValueError, "k must be >= 1"),
+    (dict(k=1.5), ValueError, "fraction"),
+    (dict(k=5, min_k=10), ValueError, "min_k"),
+    (dict(k=100, window=4, sample_size=25), ValueError, "window \\* sample_size"),
+    (dict(min_k=0), ValueError, "min_k"),
+    (dict(multiplier="cubic"), ValueError, "multiplier"),
+    (dict(coef=0.0), ValueError, "coef"),
+    (dict(granularity="layer"), ValueError, "granularity"),
+    (dict(centered="yes"), TypeError, "centered"),
+    (dict(seed=1.0), TypeError, "seed"),
+  ],
 )
 def test_invalid_hyperparameters_raise_at_construction(kwargs, error, match):
   with pytest.raises(error, match=match):
@@ -352,7 +350,6 @@ def test_state_memory_bounded_by_leaves_window_sample():
 
 
 class TestJitAndVariants(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_same_result_with_and_without_jit(self):
     tx = htga_jax.scale_by_tail_index(window=4, every_k=2)
@@ -408,9 +405,9 @@ def test_chains_with_optax_optimizers(inner):
   # (the scale taken from HTGA's own state, step by step).
   lr = 0.05
   make = {
-      "sgd": lambda: optax.sgd(lr),
-      "momentum": lambda: optax.sgd(lr, momentum=0.9),
-      "adam": lambda: optax.adam(lr),
+    "sgd": lambda: optax.sgd(lr),
+    "momentum": lambda: optax.sgd(lr, momentum=0.9),
+    "adam": lambda: optax.adam(lr),
   }[inner]
   htga_tx = htga_jax.scale_by_tail_index(window=4, every_k=3)
   chained = optax.chain(htga_tx, make())
@@ -432,7 +429,7 @@ def test_inject_hyperparams_traced_targets_and_clamps():
   static = dict(window=4, every_k=3, k=0.05)
   plain = htga_jax.scale_by_tail_index(**kwargs, **static)
   injected = optax.inject_hyperparams(
-      htga_jax.scale_by_tail_index, static_args=htga_jax.STATIC_ARGS
+    htga_jax.scale_by_tail_index, static_args=htga_jax.STATIC_ARGS
   )(**kwargs, **static)
   params = {"w": jnp.zeros(500)}
   p_state, i_state = plain.init(params), injected.init(params)
@@ -531,15 +528,21 @@ def test_tree_map_params_maps_only_parameter_shaped_state():
   assert jax.tree.leaves(sgd_state)[0].dtype == jnp.bfloat16
   # Sharding-spec derivation, the documented use, runs and maps specs on the trace.
   specs = optax.tree_utils.tree_map_params(
-      opt, lambda _, spec: spec, state, {"w": "W", "b": "B"},
-      transform_non_params=lambda _: None,
+    opt,
+    lambda _, spec: spec,
+    state,
+    {"w": "W", "b": "B"},
+    transform_non_params=lambda _: None,
   )
   assert specs[1][0].trace == {"w": "W", "b": "B"}
   assert specs[0].alpha is None and specs[0].buffer is None
 
 
 def test_init_under_eval_shape_and_with_shape_dtype_structs():
-  params = {"w": jax.ShapeDtypeStruct((128, 64), jnp.bfloat16), "s": jax.ShapeDtypeStruct((), jnp.float32)}
+  params = {
+    "w": jax.ShapeDtypeStruct((128, 64), jnp.bfloat16),
+    "s": jax.ShapeDtypeStruct((), jnp.float32),
+  }
   state = jax.eval_shape(htga_jax.htga(0.1).init, params)
   inner = state[0]
   assert inner.buffer.shape == (2, 32, 512)

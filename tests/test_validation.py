@@ -40,7 +40,13 @@ def test_int_or_fraction():
   assert v.static_int_or_fraction("k", 5) == 5
   assert v.static_int_or_fraction("k", 0.25) == 0.25
   assert v.static_int_or_fraction("k", jnp.asarray(0.25)) == 0.25
-  for bad, err in ((0, ValueError), (1.0, ValueError), (0.0, ValueError), (True, TypeError), ("a", TypeError)):
+  for bad, err in (
+    (0, ValueError),
+    (1.0, ValueError),
+    (0.0, ValueError),
+    (True, TypeError),
+    ("a", TypeError),
+  ):
     with pytest.raises(err, match="k"):
       v.static_int_or_fraction("k", bad)
 
