@@ -1,14 +1,29 @@
-"""Reading HTGA's state: per-layer tail indices and multipliers."""
+"""Training diagnostics: per-layer gradient statistics, gradient noise, HTGA's state.
+
+Everything here names leaves by readable paths (``"dense/kernel"``) and is
+meant to be called between jitted training steps; the per-leaf computations
+themselves are jitted.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["path_name", "tail_index_report"]
+from htga_jax import estimators
+
+__all__ = [
+  "TailIndexTracker",
+  "gradient_noise",
+  "gradient_statistics",
+  "path_name",
+  "tail_index_report",
+]
 
 
 def path_name(path: tuple[Any, ...]) -> str:
@@ -67,3 +82,145 @@ def tail_index_report(opt_state: Any) -> dict[str, dict[str, float]]:
     path_name(path): {"alpha": float(np.asarray(a)), "scale": float(np.asarray(s))}
     for (path, a), s in zip(named, scales, strict=True)
   }
+
+
+@jax.jit(static_argnames=("k",))
+def _leaf_statistics(x: jax.Array, k: int) -> dict[str, jax.Array]:
+  """Variance, excess kurtosis and Hill tail index of all entries of ``x``."""
+  x = x.astype(jnp.float32).ravel()
+  mean = jnp.mean(x)
+  d = x - mean  # two passes: no cancellation in the central moments
+  m2 = jnp.mean(d * d)
+  m4 = jnp.mean(d**4)
+  kurt = jnp.where(m2 > 0, m4 / jnp.where(m2 > 0, m2 * m2, 1.0) - 3.0, jnp.nan)
+  return {"mean": mean, "variance": m2, "kurtosis": kurt, "alpha": estimators.hill(x, k)}
+
+
+def gradient_statistics(
+  tree: Any, *, k: float = 0.02, min_k: int = 10
+) -> dict[str, dict[str, float]]:
+  """Per-leaf variance, excess kurtosis and tail index, keyed by leaf path.
+
+  For each leaf, over all its entries: the mean, the (population) variance,
+  the excess kurtosis ``m4 / m2**2 - 3`` (0 for a Gaussian, large for heavy
+  tails; infinite in theory when alpha <= 4), and the Hill tail index of the
+  magnitudes with ``k = round(k * n)`` order statistics (NaN when that is
+  below ``min_k``). Pass a gradient for the gradient's own statistics, or the
+  output of :func:`gradient_noise` for the noise's, as the literature does.
+
+  Args:
+    tree: a pytree of arrays (any shapes, any float dtype).
+    k: fraction of each leaf's entries used by Hill, in (0, 1).
+    min_k: smallest k worth an estimate.
+
+  Returns:
+    ``{path: {"size", "mean", "variance", "kurtosis", "alpha"}}`` of floats.
+  """
+  if not 0.0 < k < 1.0:
+    raise ValueError(f"k must be a fraction in (0, 1), got {k!r}")
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    n = int(np.size(leaf))
+    kk = min(round(k * n), n - 1)
+    if kk >= min_k:
+      stats = _leaf_statistics(jnp.asarray(leaf), kk)
+    else:
+      stats = _leaf_statistics(jnp.asarray(leaf), 1)
+      stats = {**stats, "alpha": jnp.nan}
+    out[path_name(path)] = {"size": n, **{name: float(v) for name, v in stats.items()}}
+  return out
+
+
+def gradient_noise(
+  loss_fn: Callable[..., jax.Array], params: Any, batches: Any, reference_batch: Any
+) -> Any:
+  """Gradient-noise samples: mini-batch gradients minus a reference gradient.
+
+  ``noise_i = grad L_{B_i}(params) - grad L_ref(params)`` for each mini-batch
+  ``B_i``, with the reference the full-batch (or a large-batch) gradient: the
+  quantity whose tail index Simsekli et al. (2019) measure.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> scalar`` mean loss over a batch.
+    params: the point of evaluation.
+    batches: a pytree whose leaves have two leading axes
+      ``(num_batches, batch_size, ...)``.
+    reference_batch: the full (or a large) batch, ``(n, ...)`` leaves.
+
+  Returns:
+    A params-structured tree whose leaves have a leading ``num_batches``
+    axis: one noise sample per mini-batch.
+
+  References:
+    Simsekli, Sagun, Gurbuzbalaban, "A tail-index analysis of stochastic
+    gradient noise in deep neural networks", ICML 2019, arXiv:1901.06053.
+  """
+  grad = jax.grad(loss_fn)
+  reference = grad(params, reference_batch)
+  per_batch = jax.vmap(grad, in_axes=(None, 0))(params, batches)
+  return jax.tree.map(lambda g, r: g - r[None], per_batch, reference)
+
+
+class TailIndexTracker:
+  """Records HTGA's per-layer alpha and scale over training, for plots.
+
+  Example:
+    >>> tracker = htga_jax.TailIndexTracker()  # doctest: +SKIP
+    >>> for step in range(steps):  # doctest: +SKIP
+    ...   params, opt_state = train_step(params, opt_state, batch)
+    ...   if step % 100 == 0:
+    ...     tracker.record(step, opt_state)
+    >>> tracker.plot("alpha").figure.savefig("alpha.png")  # doctest: +SKIP
+
+  Recording copies one scalar per leaf to the host: do it every few
+  (``every_k``) steps, not inside the jitted step.
+  """
+
+  def __init__(self) -> None:
+    self.steps: list[int] = []
+    self.alpha: dict[str, list[float]] = {}
+    self.scale: dict[str, list[float]] = {}
+
+  def record(self, step: int, opt_state: Any) -> dict[str, dict[str, float]]:
+    """Appends the current per-leaf alpha and scale; returns that report."""
+    report = tail_index_report(opt_state)
+    if self.steps and set(report) != set(self.alpha):
+      raise ValueError("the optimizer state's leaves changed between records")
+    self.steps.append(int(step))
+    for name, r in report.items():
+      self.alpha.setdefault(name, []).append(r["alpha"])
+      self.scale.setdefault(name, []).append(r["scale"])
+    return report
+
+  def as_arrays(self) -> dict[str, Any]:
+    """``{"step": (n,), "alpha": {path: (n,)}, "scale": {path: (n,)}}``.
+
+    An alpha of 0 (no estimate yet) becomes NaN, so it is not plotted or
+    averaged as a tail index.
+    """
+    nan_zero = lambda v: np.where(np.asarray(v) > 0, np.asarray(v, float), np.nan)
+    return {
+      "step": np.asarray(self.steps),
+      "alpha": {k: nan_zero(v) for k, v in self.alpha.items()},
+      "scale": {k: np.asarray(v, float) for k, v in self.scale.items()},
+    }
+
+  def plot(self, what: str = "alpha", ax=None):
+    """One line per layer of ``"alpha"`` or ``"scale"`` against the step.
+
+    Needs matplotlib. Returns the axes.
+    """
+    if what not in ("alpha", "scale"):
+      raise ValueError(f"what must be 'alpha' or 'scale', got {what!r}")
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+      _, ax = plt.subplots(figsize=(7, 4))
+    data = self.as_arrays()
+    for name, values in data[what].items():
+      ax.plot(data["step"], values, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("tail index alpha (Hill)" if what == "alpha" else "HTGA multiplier lambda")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    return ax

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import optax
 
 from htga_jax.transforms import scale_by_tail_index
 
-__all__ = ["htga"]
+__all__ = ["htga", "htga_adam"]
 
 
 def htga(
@@ -49,10 +50,70 @@ def htga(
     >>> import htga_jax
     >>> opt = htga_jax.htga(0.1, every_k=50)
   """
-  # optax.inject_hyperparams binds a factory's **kwargs as one argument named
-  # "kwargs" and passes it back as such: unwrap it (it is static there).
-  kwargs = {**kwargs.pop("kwargs", {}), **kwargs}
+  kwargs = _unwrap_inject_kwargs(kwargs)
   return optax.chain(
     scale_by_tail_index(alpha_target, gamma, **kwargs),
     optax.sgd(learning_rate, momentum),
   )
+
+
+def _unwrap_inject_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+  """optax.inject_hyperparams binds a factory's ``**kwargs`` as one argument
+  named "kwargs" and passes it back as such: unwrap it (it is static there)."""
+  return {**kwargs.pop("kwargs", {}), **kwargs}
+
+
+def htga_adam(
+  learning_rate: optax.ScalarOrSchedule,
+  alpha_target: float = 3.0,
+  gamma: float = 0.5,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  **kwargs: Any,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam whose step is rescaled by the gradients' estimated tail index.
+
+  .. math::
+
+    x_{t+1} = x_t - \eta_t\, \lambda_t\, \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon},
+
+  with :math:`\lambda_t` estimated, exactly as in :func:`htga`, from the raw
+  gradients, and Adam's moments also of the raw gradients.
+
+  Why not simply ``optax.chain(scale_by_tail_index(), optax.adam(lr))``:
+  Adam's update is invariant to a constant rescaling of its input (``m``
+  scales by lambda, ``sqrt(v)`` too), so a multiplier applied before Adam
+  cancels, acting only in the steps after it changes and through ``eps``
+  (``tests/test_optimizers.py`` shows it). Here lambda multiplies Adam's
+  output, so it scales the step as HTGA intends. That chain is still valid
+  optax and is tested; it is the right form for studying HTGA's estimate
+  without changing Adam's step size.
+
+  Args:
+    learning_rate: Adam's step size (float or schedule).
+    alpha_target, gamma: the multiplier's, as in :func:`scale_by_tail_index`.
+    b1, b2, eps: Adam's.
+    **kwargs: forwarded to :func:`scale_by_tail_index`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is the tuple
+    ``(ScaleByTailIndexState, adam state)``, so ``tree_get(state, "alpha")``
+    works as for :func:`htga`.
+  """
+  kwargs = _unwrap_inject_kwargs(kwargs)
+  tail = scale_by_tail_index(alpha_target, gamma, **kwargs)
+  adam = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+
+  def init_fn(params):
+    return (tail.init(params), adam.init(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    # The scaled gradients are not used (XLA drops them); only the state is.
+    _, tail_state = tail.update(updates, state[0], params, **extra_args)
+    steps, adam_state = adam.update(updates, state[1], params)
+    if jax.tree.leaves(steps):
+      steps = jax.tree.map(lambda u, s: u * s.astype(u.dtype), steps, tail_state.scale)
+    return steps, (tail_state, adam_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -25,6 +25,7 @@ How the estimate is formed, per parameter leaf:
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -32,11 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from htga_jax import _validation, estimators
+from htga_jax import _order_stats, _validation, estimators
 
 __all__ = [
   "MULTIPLIERS",
+  "ESTIMATORS",
   "GRANULARITIES",
+  "SOURCES",
   "STATIC_ARGS",
   "ScaleByTailIndexState",
   "scale_by_tail_index",
@@ -46,6 +49,11 @@ __all__ = [
 MULTIPLIERS = ("power", "linear", "inverse_power")
 #: Estimation granularity: one estimate per leaf, or one pooled over all leaves.
 GRANULARITIES = ("leaf", "global")
+#: Tail-index estimators ``scale_by_tail_index`` can use.
+ESTIMATORS = ("hill", "moment", "pickands", "stable")
+#: What fills the buffer: sampled gradient coordinates, or per-example gradient
+#: norms passed to ``update`` as ``per_example_norms``.
+SOURCES = ("window", "per_example")
 #: Arguments of ``scale_by_tail_index`` that set shapes or sample positions and
 #: so must stay static under ``optax.inject_hyperparams``: pass
 #: ``static_args=htga_jax.STATIC_ARGS`` (strings and bools are static anyway).
@@ -114,6 +122,58 @@ def _gather_row(leaf: jax.Array, width: int, seed: int, pos: int) -> jax.Array:
   return jnp.pad(flat, (0, width - flat.shape[0]))
 
 
+def _per_example_rows(norms, treedef, num_leaves: int, width: int):
+  """Per-example norms as buffer rows ``(leaves, width)`` and their counts."""
+  if norms is None:
+    raise TypeError(
+      "scale_by_tail_index(source='per_example') needs "
+      "update(..., per_example_norms=...): see htga_jax.per_example_grad_norms"
+    )
+  if isinstance(norms, jax.Array | np.ndarray) and np.ndim(norms) == 1:
+    per_leaf = [norms] * num_leaves  # one global set of norms for every leaf
+  else:
+    if jax.tree.structure(norms) != treedef:
+      raise ValueError(
+        "per_example_norms must be one (batch,) array or a tree with the "
+        f"updates' structure {treedef}, got {jax.tree.structure(norms)}"
+      )
+    per_leaf = jax.tree.leaves(norms)
+  batch = {np.shape(x) for x in per_leaf}
+  if len(batch) != 1 or len(next(iter(batch))) != 1:
+    raise ValueError(f"per_example_norms leaves must all be (batch,) arrays, got {batch}")
+  (b,) = batch.pop()
+  if b > width:
+    raise ValueError(f"per_example_norms has batch {b} > sample_size={width}; raise sample_size")
+  rows = jnp.stack([jnp.pad(jnp.asarray(x, jnp.float32), (0, width - b)) for x in per_leaf])
+  return rows, np.full(num_leaves, b)
+
+
+def _stable_by_time_blocks(samples: jax.Array, real: np.ndarray, min_k: int, pooled: bool):
+  """Mohammadi et al.'s estimator per leaf, blocks summed along the window.
+
+  Each coordinate's values over ``K1 = floor(sqrt(window))`` consecutive
+  steps are summed (``K2 = window // K1`` blocks); exact zeros (padding, and
+  the median element of an odd centred window) are left out of the
+  log-means. A leaf needs ``min_k`` non-zero block sums.
+  """
+  num_leaves, win, width = samples.shape
+  k1 = int(np.sqrt(win))  # >= 2: window >= 4 is checked at construction
+  k2 = win // k1
+  x = samples[:, : k1 * k2, :]
+  y = x.reshape(num_leaves, k2, k1, width).sum(axis=2)
+  axes = None if pooled else (1, 2)
+
+  def log_mean(v):
+    used = real & (v != 0)
+    total = jnp.sum(jnp.where(used, jnp.log(jnp.where(used, jnp.abs(v), 1.0)), 0.0), axis=axes)
+    return total / jnp.maximum(jnp.sum(used, axis=axes), 1), jnp.sum(used, axis=axes)
+
+  (mean_x, _), (mean_y, n_y) = log_mean(x), log_mean(y)
+  inv_alpha = (mean_y - mean_x) / np.log(k1)
+  ok = (inv_alpha > 0) & (n_y >= min_k)
+  return jnp.where(ok, 1.0 / jnp.where(ok, inv_alpha, 1.0), jnp.nan)
+
+
 # ----------------------------------------------------------------------------
 # The multiplier.
 
@@ -148,8 +208,10 @@ def scale_by_tail_index(
   multiplier: str = "power",
   coef: float = 1.0,
   granularity: str = "leaf",
-  centered: bool = True,
+  centered: bool | None = None,
   seed: int = 0,
+  estimator: str = "hill",
+  source: str = "window",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by a multiplier of their estimated tail index (HTGA).
 
@@ -214,8 +276,27 @@ def scale_by_tail_index(
     granularity: ``"leaf"`` (one estimate per parameter leaf) or ``"global"``
       (one estimate from all leaves' samples pooled, applied to every leaf).
     centered: centre each sampled coordinate by its window median before
-      taking magnitudes (the default); False uses the raw gradient values.
+      taking magnitudes; False uses the raw gradient values. Default (None):
+      True for ``source="window"``, False for ``"per_example"`` (norms are
+      magnitudes already; centring them is an error).
     seed: seeds the fixed choice of sampled coordinates; static int.
+    estimator: ``"hill"`` (default), ``"moment"`` (Dekkers-Einmahl-de Haan,
+      same k), ``"pickands"`` (needs 4k values; k is capped at a quarter of
+      each leaf's sample) or ``"stable"`` (Mohammadi et al. on block sums
+      over the window's time axis, ``floor(sqrt(window))`` steps per block;
+      ``k`` is unused and a leaf needs ``min_k`` block sums). See
+      :mod:`htga_jax.estimators`.
+    source: ``"window"`` (default): the buffer holds sampled gradient
+      coordinates. ``"per_example"``: the buffer holds, per leaf, the
+      per-example gradient norms of each step's mini-batch (the first design
+      document's variant), passed as ``update(..., per_example_norms=...)``:
+      a tree of the params' structure with one ``(batch,)`` array per leaf,
+      or a single ``(batch,)`` array used for every leaf (see
+      :func:`htga_jax.per_example_grad_norms`). ``sample_size`` is then the
+      largest batch; smaller batches are zero-padded (zeros are never used).
+      Memory: the buffer is ``leaves x window x sample_size`` floats as
+      before; computing the norms costs what ``jax.vmap(jax.grad(...))``
+      costs, ``batch x params`` floats (less with its ``chunk_size``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -258,13 +339,24 @@ def scale_by_tail_index(
   _validation.check_choice("multiplier", multiplier, MULTIPLIERS)
   _validation.check_positive("coef", coef)
   _validation.check_choice("granularity", granularity, GRANULARITIES)
+  _validation.check_choice("estimator", estimator, ESTIMATORS)
+  _validation.check_choice("source", source, SOURCES)
+  if centered is None:
+    centered = source == "window"
   if not isinstance(centered, bool):
-    raise TypeError(f"centered must be a bool, got {centered!r}")
+    raise TypeError(f"centered must be a bool or None, got {centered!r}")
+  if centered and source == "per_example":
+    raise ValueError(
+      "centered=True with source='per_example': per-example norms are "
+      "magnitudes already; leave centered unset"
+    )
   if centered and window < 2:
     raise ValueError(
       "window must be >= 2 when centered=True: a one-step window minus its "
       "own median is all zeros, so nothing could ever be estimated"
     )
+  if estimator == "stable" and window < 4:
+    raise ValueError("estimator='stable' needs window >= 4 (two blocks of two steps)")
   if isinstance(k, int) and k + 1 > window * sample_size:
     raise ValueError(
       f"k={k} needs k + 1 <= window * sample_size = {window * sample_size} "
@@ -285,7 +377,10 @@ def scale_by_tail_index(
         alpha=empty,
         scale=empty,
       )
-    width = max(1, min(sample_size, max(_leaf_sizes(leaves))))
+    if source == "per_example":
+      width = sample_size  # room for the largest batch of per-example norms
+    else:
+      width = max(1, min(sample_size, max(_leaf_sizes(leaves))))
     per_leaf = lambda value: jax.tree.map(lambda _: jnp.full([], value, jnp.float32), params)
     return ScaleByTailIndexState(
       count=jnp.zeros([], jnp.int32),
@@ -294,29 +389,47 @@ def scale_by_tail_index(
       scale=per_leaf(1.0),
     )
 
-  def estimate(buffer: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
-    """One float32 estimate per leaf (NaN where Hill has too few values)."""
+  def k_rows(counts: np.ndarray, win: int) -> np.ndarray:
+    """Static per-row k (one row per leaf, or one pooled row); for the stable
+    estimator, the number of block sums it averages."""
+    n = np.asarray([win * counts.sum()]) if granularity == "global" else win * counts
+    if estimator == "stable":
+      return (win // int(np.sqrt(win))) * (n // win)
+    k_row = _per_leaf_k(k, n)
+    if estimator == "pickands":
+      k_row = np.maximum(np.minimum(k_row, n // 4), 1)
+    return k_row
+
+  def estimate(buffer: jax.Array, counts: np.ndarray) -> jax.Array:
+    """One float32 estimate per leaf (NaN where there is too little to use).
+
+    ``counts`` (static) is the number of real, non-padding columns per leaf.
+    """
     num_leaves, win, width = buffer.shape
     samples = buffer
     if centered:
-      samples = samples - estimators.median(samples, axis=1)[:, None, :]
-    counts = np.minimum(np.asarray(sizes), width)  # sampled coordinates per leaf
+      samples = samples - _order_stats.median(samples, axis=1)[:, None, :]
     # Static mask of real (not padding) columns, shape (leaves, 1, width).
     real = (np.arange(width)[None, :] < counts[:, None])[:, None, :]
-    mags = jnp.abs(samples)
-    mags = jnp.where(real & (mags > 0), mags, 0.0)
-    if granularity == "global":
-      k_all = int(_per_leaf_k(k, np.asarray([win * counts.sum()]))[0])
-      top = estimators.top_magnitudes(mags.reshape(-1), k_all + 1)
-      alpha = estimators.hill_from_top(top, k_all)
-      alpha = jnp.where(k_all >= min_k, alpha, jnp.nan)
-      return jnp.broadcast_to(alpha, (num_leaves,))
-    k_leaf = _per_leaf_k(k, win * counts)
-    top = estimators.top_magnitudes(mags.reshape(num_leaves, -1), int(k_leaf.max()) + 1)
-    alpha = estimators.hill_from_top(top, jnp.asarray(k_leaf))
-    return jnp.where(k_leaf >= min_k, alpha, jnp.nan)  # too small: no estimate
+    pooled = granularity == "global"
+    if estimator == "stable":
+      alpha = _stable_by_time_blocks(samples, real, min_k, pooled)
+    else:
+      mags = jnp.abs(samples)
+      mags = jnp.where(real & (mags > 0), mags, 0.0)
+      rows = mags.reshape(1 if pooled else num_leaves, -1)
+      k_row = k_rows(counts, win)
+      if estimator == "pickands":
+        top = _order_stats.top_magnitudes(rows, 4 * int(k_row.max()))
+        alpha = estimators.pickands_from_top(top, jnp.asarray(k_row))
+      else:
+        top = _order_stats.top_magnitudes(rows, int(k_row.max()) + 1)
+        from_top = {"hill": estimators.hill_from_top, "moment": estimators.moment_from_top}
+        alpha = from_top[estimator](top, jnp.asarray(k_row))
+      alpha = jnp.where(k_row >= min_k, alpha, jnp.nan)  # too small: no estimate
+    return jnp.broadcast_to(alpha, (num_leaves,))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates, state, params=None, *, per_example_norms=None, **extra_args):
     del params, extra_args
     leaves, treedef = jax.tree.flatten(updates)
     count = optax.safe_increment(state.count)
@@ -331,10 +444,23 @@ def scale_by_tail_index(
         f"updates have {len(leaves)} leaves but the state was initialised "
         f"for {num_leaves}; init and update must see the same tree"
       )
-    sizes = _leaf_sizes(leaves)
+    if source == "per_example":
+      row, counts = _per_example_rows(per_example_norms, treedef, num_leaves, width)
+    else:
+      counts = np.minimum(np.asarray(_leaf_sizes(leaves)), width)
+      row = jnp.stack([_gather_row(x, width, seed, i) for i, x in enumerate(leaves)])
 
-    # Write this step's sample; non-finite coordinates keep the slot's value.
-    row = jnp.stack([_gather_row(x, width, seed, i) for i, x in enumerate(leaves)])
+    if not np.any(k_rows(counts, win) >= min_k):  # trace time: once per compilation
+      warnings.warn(
+        f"scale_by_tail_index: no leaf reaches min_k={min_k} (largest k is "
+        f"{int(k_rows(counts, win).max())} from window={win} x up to "
+        f"{int(counts.max())} values per step), so nothing will ever be "
+        "estimated and the transformation stays the identity. Raise k, "
+        "window or sample_size, or lower min_k.",
+        stacklevel=2,
+      )
+
+    # Write this step's sample; non-finite values keep the slot's value.
     slot = state.count % win
     old = jax.lax.dynamic_index_in_dim(state.buffer, slot, axis=1, keepdims=False)
     row = jnp.where(jnp.isfinite(row), row, old)
@@ -344,7 +470,7 @@ def scale_by_tail_index(
       # Leaves are stacked and unstacked only here: on the other steps the
       # per-leaf scalars pass through the cond untouched (no per-leaf ops).
       alpha, scale = jnp.stack(alpha), jnp.stack(scale)
-      new_alpha = estimate(buf, sizes)
+      new_alpha = estimate(buf, counts)
       new_scale = _multiplier(
         new_alpha, multiplier, alpha_target, gamma, coef, min_scale, max_scale
       )

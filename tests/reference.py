@@ -67,3 +67,42 @@ def stable(rng: np.random.Generator, alpha: float, size) -> np.ndarray:
     / np.cos(v) ** (1.0 / alpha)
     * (np.cos((1.0 - alpha) * v) / w) ** ((1.0 - alpha) / alpha)
   )
+
+
+def _desc_usable(samples, mask=None):
+  x = np.abs(np.asarray(samples, np.float64)).ravel()
+  use = np.isfinite(x) & (x > 0)
+  if mask is not None:
+    use &= np.asarray(mask, bool).ravel()
+  return np.sort(x[use])[::-1]
+
+
+def moment(samples, k: int) -> float:
+  """Dekkers-Einmahl-de Haan: gamma = M1 + 1 - 1/2 (1 - M1^2/M2)^-1; alpha = 1/gamma."""
+  x = _desc_usable(samples)
+  if x.size < k + 1:
+    return float("nan")
+  d = np.log(x[:k]) - np.log(x[k])
+  m1, m2 = d.mean(), (d**2).mean()
+  gamma = m1 + 1 - 0.5 / (1 - m1**2 / m2)
+  return float(1 / gamma) if gamma > 0 else float("nan")
+
+
+def pickands(samples, k: int) -> float:
+  """gamma = log((X(k) - X(2k)) / (X(2k) - X(4k))) / log 2 (1-based order stats)."""
+  x = _desc_usable(samples)
+  if x.size < 4 * k:
+    return float("nan")
+  gamma = np.log((x[k - 1] - x[2 * k - 1]) / (x[2 * k - 1] - x[4 * k - 1])) / np.log(2)
+  return float(1 / gamma) if gamma > 0 else float("nan")
+
+
+def stable_index(samples, k1: int) -> float:
+  """Mohammadi et al. 2015 on consecutive blocks of k1 (rows are vectors if 2-D)."""
+  x = np.asarray(samples, np.float64)
+  k2 = x.shape[0] // k1
+  x = x[: k1 * k2]
+  y = x.reshape(k2, k1, *x.shape[1:]).sum(axis=1)
+  size = np.abs if x.ndim == 1 else (lambda v: np.linalg.norm(v, axis=-1))
+  inv = (np.mean(np.log(size(y))) - np.mean(np.log(size(x)))) / np.log(k1)
+  return float(1 / inv)

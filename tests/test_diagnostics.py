@@ -57,3 +57,64 @@ def test_report_without_or_with_two_htga_states_is_a_clear_error():
   two = optax.chain(htga_jax.scale_by_tail_index(), htga_jax.scale_by_tail_index())
   with pytest.raises(ValueError, match="several HTGA states"):
     htga_jax.tail_index_report(two.init(params))
+
+
+def test_gradient_statistics_against_scipy():
+  from scipy import stats
+
+  rng = np.random.default_rng(1)
+  tree = {
+    "dense": {"kernel": jnp.asarray(ref.student_t(rng, 3.0, (200, 100)), jnp.float32)},
+    "scalar": jnp.array(2.0),
+  }
+  out = htga_jax.gradient_statistics(tree)
+  x = np.asarray(tree["dense"]["kernel"], np.float64).ravel()
+  s = out["dense/kernel"]
+  assert s["size"] == 20_000
+  np.testing.assert_allclose(s["variance"], x.var(), rtol=1e-4)
+  np.testing.assert_allclose(s["kurtosis"], stats.kurtosis(x), rtol=1e-3)
+  np.testing.assert_allclose(s["alpha"], ref.hill(x, 400), rtol=1e-4)
+  assert np.isnan(out["scalar"]["alpha"]) and out["scalar"]["variance"] == 0.0
+
+
+def test_gradient_noise_is_minibatch_minus_reference_gradient():
+  rng = np.random.default_rng(2)
+  params = {"w": jnp.asarray(rng.standard_normal(3), jnp.float32)}
+  x = jnp.asarray(rng.standard_normal((40, 3)), jnp.float32)
+  y = jnp.asarray(rng.standard_normal(40), jnp.float32)
+  loss = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+  batches = (x.reshape(4, 10, 3), y.reshape(4, 10))
+  noise = htga_jax.gradient_noise(loss, params, batches, (x, y))
+  full = jax.grad(loss)(params, (x, y))["w"]
+  for i in range(4):
+    want = jax.grad(loss)(params, (x[10 * i : 10 * i + 10], y[10 * i : 10 * i + 10]))["w"] - full
+    np.testing.assert_allclose(noise["w"][i], want, rtol=1e-5, atol=1e-6)
+  # Equal-size batches partition the data: their noise averages to zero.
+  np.testing.assert_allclose(noise["w"].mean(0), 0.0, atol=1e-5)
+
+
+def test_tracker_records_reports_and_plots(tmp_path):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  opt = htga_jax.htga(0.1, window=4, every_k=2)
+  params = {"dense": {"kernel": jnp.zeros((30, 20)), "bias": jnp.zeros(2)}}
+  state = opt.init(params)
+  tracker = htga_jax.TailIndexTracker()
+  rng = np.random.default_rng(3)
+  for step in range(8):
+    g = jax.tree.map(lambda p: jnp.asarray(ref.student_t(rng, 2.0, p.shape), jnp.float32), params)
+    _, state = opt.update(g, state, params)
+    tracker.record(step, state)
+  data = tracker.as_arrays()
+  np.testing.assert_array_equal(data["step"], np.arange(8))
+  alpha = data["alpha"]["dense/kernel"]
+  assert np.all(np.isnan(alpha[:3])) and np.all(alpha[3:] > 0)  # 0 (none yet) -> NaN
+  assert np.all(np.isnan(data["alpha"]["dense/bias"]))  # too small: never estimated
+  np.testing.assert_array_equal(data["scale"]["dense/bias"], 1.0)
+  ax = tracker.plot("alpha")
+  path = tmp_path / "alpha.png"
+  ax.figure.savefig(path)
+  assert path.stat().st_size > 1000
+  with pytest.raises(ValueError, match="what"):
+    tracker.plot("lambda")

@@ -110,10 +110,53 @@ def test_param_dtype_is_kept(name, dtype):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_works_under_multi_steps(name):
   opt = optax.MultiSteps(htga_jax.htga(0.1, **OPTIMIZERS[name], **FAST), every_k_schedule=3)
-  params = {"w": jnp.zeros(50)}
+  params = {"w": jnp.zeros(100)}
   state = opt.init(params)
   step = jax.jit(opt.update)
-  for g in ref.student_t(np.random.default_rng(6), 2.0, (9, 50)).astype(np.float32):
+  for g in ref.student_t(np.random.default_rng(6), 2.0, (9, 100)).astype(np.float32):
     u, state = step({"w": jnp.asarray(g)}, state, params)
   assert int(optax.tree_utils.tree_get(state.inner_opt_state, "count")) == 3
   assert step._cache_size() == 1
+
+
+def test_htga_adam_scales_adams_step_by_the_multiplier():
+  # Reference: Adam on the raw gradients, times lambda estimated (uncentred,
+  # one-step window) by Hill on |g_t|.
+  n, lr, b1, b2, eps = 2000, 0.01, 0.9, 0.999, 1e-8
+  opt = htga_jax.htga_adam(lr, window=1, every_k=1, centered=False, sample_size=n)
+  params = jnp.zeros(n)
+  state = opt.init(params)
+  m, v = np.zeros(n), np.zeros(n)
+  rng = np.random.default_rng(7)
+  for t in range(1, 4):
+    g = ref.student_t(rng, 1.5, n).astype(np.float32)
+    u, state = opt.update(jnp.asarray(g), state, params)
+    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+    lam = ref.power_scale(ref.hill(g, round(0.02 * n)))
+    want = -lr * lam * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    np.testing.assert_allclose(u, want, rtol=1e-4, atol=1e-7)
+    assert float(optax.tree_utils.tree_get(state, "scale")) == pytest.approx(lam, rel=1e-5)
+
+
+def test_multiplier_before_adam_cancels_when_constant():
+  # Why htga_adam applies lambda after Adam: Adam is invariant to a constant
+  # rescaling of its input, so chain(scale_by_tail_index, adam) takes the
+  # same steps as adam while lambda is held (up to eps).
+  n, lr = 500, 0.01
+  chained = optax.chain(
+    htga_jax.scale_by_tail_index(window=4, every_k=1000, min_scale=0.1, max_scale=10.0),
+    optax.adam(lr, eps=1e-12),
+  )
+  plain = optax.adam(lr, eps=1e-12)
+  params = jnp.zeros(n)
+  s1, s2 = chained.init(params), plain.init(params)
+  grads = ref.student_t(np.random.default_rng(8), 1.2, (12, n)).astype(np.float32)
+  for t, g in enumerate(grads):
+    if t == 4:  # the only estimate: lambda != 1 from here on, held
+      s2 = plain.init(params)  # restart Adam so both see a constant multiplier
+      s1 = (s1[0], optax.adam(lr).init(params))
+    u1, s1 = chained.update(jnp.asarray(g), s1, params)
+    u2, s2 = plain.update(jnp.asarray(g), s2, params)
+    if t >= 4:
+      assert float(optax.tree_utils.tree_get(s1, "scale")) != 1.0
+      np.testing.assert_allclose(u1, u2, rtol=1e-4, atol=1e-9)

@@ -1,5 +1,7 @@
 """Specification of htga_jax.scale_by_tail_index (the HTGA multiplier)."""
 
+import warnings
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -43,7 +45,7 @@ def test_identity_bit_for_bit_before_first_estimate():
     "w": t_stream(0, (7, 5), 1.5, 7),
     "h": t_stream(1, (9,), 2.0, 7).astype(jnp.bfloat16),
   }
-  tx = htga_jax.scale_by_tail_index(window=8, every_k=5)
+  tx = htga_jax.scale_by_tail_index(window=8, every_k=5, min_k=1)
   u, a, s, _ = run_stream(tx, stream)
   for name in stream:
     got, want = np.asarray(u[name]), np.asarray(stream[name])
@@ -225,11 +227,11 @@ def test_non_finite_gradients_never_enter_the_state():
 
 def test_whole_nan_step_leaves_buffer_unchanged():
   tx = htga_jax.scale_by_tail_index(window=4)
-  g = {"w": jnp.asarray(t_stream(15, (50,), 2.0, 1)[0])}
+  g = {"w": jnp.asarray(t_stream(15, (500,), 2.0, 1)[0])}
   state = tx.init(g)
   for _ in range(5):
     _, state = tx.update(g, state)
-  _, after = tx.update({"w": jnp.full((50,), jnp.nan)}, state)
+  _, after = tx.update({"w": jnp.full((500,), jnp.nan)}, state)
   np.testing.assert_array_equal(after.buffer, state.buffer)
   assert int(after.count) == int(state.count) + 1
 
@@ -379,7 +381,7 @@ def test_jitted_step_compiles_once():
 
 
 def test_extra_keyword_arguments_are_accepted():
-  tx = htga_jax.scale_by_tail_index()
+  tx = htga_jax.scale_by_tail_index(min_k=1)
   g = {"w": jnp.ones(3)}
   u, _ = tx.update(g, tx.init(g), None, loss=jnp.array(1.0), unknown="x")
   np.testing.assert_array_equal(u["w"], g["w"])
@@ -489,10 +491,10 @@ def test_multi_steps_accumulates_before_htga_sees_the_gradient():
 
 def test_apply_if_finite_skips_non_finite_steps_without_touching_state():
   tx = optax.apply_if_finite(htga_jax.scale_by_tail_index(window=4), max_consecutive_errors=5)
-  params = {"w": jnp.zeros(100)}
+  params = {"w": jnp.zeros(500)}
   state = tx.init(params)
   step = jax.jit(tx.update)
-  g = {"w": jnp.asarray(t_stream(27, (100,), 2.0, 1)[0])}
+  g = {"w": jnp.asarray(t_stream(27, (500,), 2.0, 1)[0])}
   for _ in range(3):
     _, state = step(g, state, params)
   u, skipped = step({"w": g["w"].at[0].set(jnp.nan)}, state, params)
@@ -551,7 +553,7 @@ def test_init_under_eval_shape_and_with_shape_dtype_structs():
 
 def test_state_is_stable_under_lax_cond():
   # What MultiSteps and apply_if_finite do: choose between old and new state.
-  tx = htga_jax.scale_by_tail_index(window=2)
+  tx = htga_jax.scale_by_tail_index(window=2, min_k=1)
   params = {"w": jnp.ones(10, jnp.float16)}
   s0 = tx.init(params)
   _, s1 = tx.update(params, s0)
@@ -620,3 +622,128 @@ def test_data_parallel_pmap_and_sharded_jit_match_single_device(tmp_path):
   script.write_text(_DATA_PARALLEL_SCRIPT)
   out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------
+# Estimator selection and the per-example source.
+
+
+@pytest.mark.parametrize("estimator", ["moment", "pickands"])
+def test_estimator_by_name_matches_reference_on_the_window(estimator):
+  window, steps = 16, 16
+  stream = {"a": t_stream(40, (16, 20), 1.5, steps)}
+  tx = htga_jax.scale_by_tail_index(window=window, estimator=estimator, k=0.05)
+  _, a, _, _ = run_stream(tx, stream)
+  x = stream["a"].reshape(steps, -1)
+  centred = x - np.median(x, axis=0, keepdims=True)
+  k = round(0.05 * centred.size)
+  want = getattr(ref, estimator)(centred, k)
+  np.testing.assert_allclose(a["a"][-1], want, rtol=1e-4)
+
+
+def test_stable_estimator_uses_block_sums_over_the_window():
+  # floor(sqrt(16)) = 4 steps per block, 4 blocks; reference per coordinate.
+  window = 16
+  rng = np.random.default_rng(41)
+  x = ref.stable(rng, 1.3, (window, 400)).astype(np.float32)
+  tx = htga_jax.scale_by_tail_index(window=window, estimator="stable", centered=False)
+  _, a, _, _ = run_stream(tx, {"w": x})
+  y = x.reshape(4, 4, 400).sum(axis=1)
+  want = 1 / ((np.mean(np.log(np.abs(y))) - np.mean(np.log(np.abs(x)))) / np.log(4))
+  np.testing.assert_allclose(a["w"][-1], want, rtol=1e-4)
+  assert abs(float(a["w"][-1]) - 1.3) < 0.3  # 1,600 block sums: a rough estimate
+
+
+def test_per_example_source_estimates_from_the_norms_it_is_given():
+  window, batch = 4, 64
+  rng = np.random.default_rng(42)
+  params = {"w": jnp.zeros((3, 5)), "b": jnp.zeros(5)}
+  tx = htga_jax.scale_by_tail_index(source="per_example", window=window, sample_size=batch, k=0.1)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  norms = ref.symmetric_pareto(rng, 1.5, (window, 2, batch))
+  norms = np.abs(norms).astype(np.float32)
+  for t in range(window):
+    given = {"w": jnp.asarray(norms[t, 0]), "b": jnp.asarray(norms[t, 1])}
+    _, state = step(params, state, per_example_norms=given)
+  k = round(0.1 * window * batch)
+  np.testing.assert_allclose(state.alpha["w"], ref.hill(norms[:, 0], k), rtol=1e-4)
+  np.testing.assert_allclose(state.alpha["b"], ref.hill(norms[:, 1], k), rtol=1e-4)
+  # One (batch,) array serves every leaf; a smaller batch is zero-padded.
+  state = tx.init(params)
+  for t in range(window):
+    _, state = step(params, state, per_example_norms=jnp.asarray(norms[t, 0, :50]))
+  want = ref.hill(norms[:, 0, :50], round(0.1 * window * 50))
+  np.testing.assert_allclose(state.alpha["w"], want, rtol=1e-4)
+  np.testing.assert_allclose(state.alpha["b"], want, rtol=1e-4)
+
+
+def test_per_example_source_end_to_end_with_the_helper_matches_a_loop():
+  rng = np.random.default_rng(43)
+  params = {"w": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32), "b": jnp.zeros(3)}
+  batches = [
+    {
+      "x": jnp.asarray(ref.student_t(rng, 2.0, (32, 4)), jnp.float32),
+      "y": jnp.asarray(rng.integers(0, 3, 32)),
+    }
+    for _ in range(2)
+  ]
+
+  def loss(p, b):
+    logits = b["x"] @ p["w"] + p["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, b["y"]).mean()
+
+  opt = optax.chain(
+    htga_jax.scale_by_tail_index(source="per_example", window=2, sample_size=32, k=0.2),
+    optax.sgd(0.1),
+  )
+  state = opt.init(params)
+  loop = []
+  for batch in batches:  # the chain passes per_example_norms through as an extra arg
+    grads, norms = htga_jax.per_example_grad_norms(loss, params, batch)
+    _, state = opt.update(grads, state, params, per_example_norms=norms)
+    loop += [
+      np.linalg.norm(jax.grad(loss)(params, jax.tree.map(lambda a, i=i: a[i : i + 1], batch))["w"])
+      for i in range(32)
+    ]
+  want = ref.hill(np.asarray(loop), round(0.2 * 64))
+  np.testing.assert_allclose(optax.tree_utils.tree_get(state, "alpha")["w"], want, rtol=1e-4)
+
+
+def test_per_example_source_errors_name_the_problem():
+  params = {"w": jnp.zeros(3)}
+  tx = htga_jax.scale_by_tail_index(source="per_example", sample_size=8)
+  state = tx.init(params)
+  with pytest.raises(TypeError, match="per_example_norms"):
+    tx.update(params, state)
+  with pytest.raises(ValueError, match="sample_size"):
+    tx.update(params, state, per_example_norms=jnp.ones(9))
+  with pytest.raises(ValueError, match="structure"):
+    tx.update(params, state, per_example_norms={"v": jnp.ones(8)})
+  with pytest.raises(ValueError, match="centered=True"):
+    htga_jax.scale_by_tail_index(source="per_example", centered=True)
+
+
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    (dict(estimator="kernel"), "estimator"),
+    (dict(source="labels"), "source"),
+    (dict(estimator="stable", window=3), "window >= 4"),
+  ],
+)
+def test_new_options_are_validated(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    htga_jax.scale_by_tail_index(**kwargs)
+
+
+def test_warns_when_no_leaf_can_ever_be_estimated():
+  # window 4 x 50 values, k = 2% = 4 < min_k = 10: say so, once, at trace time.
+  tx = htga_jax.scale_by_tail_index(window=4)
+  g = {"w": jnp.ones(50)}
+  with pytest.warns(UserWarning, match="no leaf reaches min_k=10"):
+    jax.jit(tx.update)(g, tx.init(g))
+  big = {"w": jnp.ones(5000)}
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # enough values: no warning
+    htga_jax.scale_by_tail_index(window=4).update(big, tx.init(big))

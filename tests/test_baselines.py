@@ -1,0 +1,221 @@
+"""Specification of htga_jax.baselines: clipped SGD, normalized SGD, BiClip, TailOPT.
+
+Each optimizer is checked against a hand-written NumPy update for a few
+steps; convergence and optax-wrapper behaviour are in test_conformance.py.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import htga_jax
+from tests import reference as ref
+
+
+def run(opt, grads, params):
+  """Applies ``opt`` to a list of gradient arrays; returns params after each step."""
+  state = opt.init(params)
+  out = []
+  for g in grads:
+    u, state = opt.update(jnp.asarray(g, jnp.float32), state, params)
+    params = optax.apply_updates(params, u)
+    out.append(np.asarray(params))
+  return out, state
+
+
+def grads_stream(seed, steps=5, n=20, nu=1.5):
+  return ref.student_t(np.random.default_rng(seed), nu, (steps, n)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# BiClip
+
+
+def test_bi_clip_coordinates_on_hand_made_vector():
+  g = jnp.array([0.0, 0.1, -0.3, 0.5, -1.5, 2.0, -5.0, 7.0])
+  tx = htga_jax.bi_clip(0.5, 2.0)
+  u, state = tx.update(g, tx.init(g))
+  np.testing.assert_allclose(u, [0.0, 0.5, -0.5, 0.5, -1.5, 2.0, -2.0, 2.0])
+  assert float(state.fraction_raised) == 2 / 8  # 0.1 and -0.3 (zero stays zero)
+  assert float(state.fraction_cut) == 2 / 8  # -5 and 7
+  np.testing.assert_allclose(state.grad_norm, np.linalg.norm(np.asarray(g)), rtol=1e-6)
+
+
+def test_bi_clip_l2_rescales_the_whole_update():
+  tx = htga_jax.bi_clip(1.0, 3.0, mode="l2")
+  small = {"a": jnp.array([0.3, 0.4]), "b": jnp.zeros(1)}  # norm 0.5 -> 1
+  u, s = tx.update(small, tx.init(small))
+  np.testing.assert_allclose(u["a"], [0.6, 0.8], rtol=1e-6)
+  assert float(s.fraction_raised) == 1.0 and float(s.fraction_cut) == 0.0
+  big = {"a": jnp.array([3.0, 4.0]), "b": jnp.zeros(1)}  # norm 5 -> 3
+  u, s = tx.update(big, s)
+  np.testing.assert_allclose(u["a"], [1.8, 2.4], rtol=1e-6)
+  mid = {"a": jnp.array([1.2, 1.6]), "b": jnp.zeros(1)}  # norm 2: unchanged
+  np.testing.assert_allclose(tx.update(mid, s)[0]["a"], [1.2, 1.6])
+  zero = {"a": jnp.zeros(2), "b": jnp.zeros(1)}  # zero stays zero, no NaN
+  np.testing.assert_array_equal(tx.update(zero, s)[0]["a"], [0.0, 0.0])
+
+
+def test_bi_clip_schedules_follow_the_step_count():
+  # d_t = 0.1 * t ** 1, u_t = 10 * t ** -1 with t = count + 1.
+  tx = htga_jax.bi_clip(htga_jax.tailopt_schedule(0.1, 1.0), htga_jax.tailopt_schedule(10.0, -1.0))
+  g = jnp.array([0.01, 100.0])
+  state = tx.init(g)
+  for t in (1, 2, 3):
+    u, state = tx.update(g, state)
+    np.testing.assert_allclose(u, [0.1 * t, 10.0 / t], rtol=1e-6)
+
+
+def test_bi_clip_keeps_dtype_and_nan_and_is_jittable():
+  g = jnp.array([0.01, -3.0, jnp.nan], jnp.bfloat16)
+  tx = htga_jax.bi_clip(0.5, 2.0)
+  u, _ = jax.jit(tx.update)(g, tx.init(g))
+  assert u.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(u[:2], np.float32), [0.5, -2.0])
+  assert np.isnan(np.asarray(u[2], np.float32))
+
+
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    (dict(lower=-1.0, upper=1.0), "lower"),
+    (dict(lower=2.0, upper=1.0), "lower must be <= upper"),
+    (dict(lower=float("nan"), upper=1.0), "lower"),
+    (dict(lower=0.1, upper=1.0, mode="linf"), "mode"),
+  ],
+)
+def test_bi_clip_rejects_bad_thresholds(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    htga_jax.bi_clip(**kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Clipped SGD
+
+
+@pytest.mark.parametrize("momentum", [None, 0.9])
+def test_clipped_sgd_matches_hand_written_update(momentum):
+  lr, c = 0.1, 2.0
+  grads = grads_stream(1)
+  got, state = run(htga_jax.clipped_sgd(lr, c, momentum), grads, jnp.zeros(20))
+  x, m = np.zeros(20), np.zeros(20)
+  for g, p in zip(grads, got, strict=True):
+    g = g * min(1.0, c / np.linalg.norm(g))
+    m = g if momentum is None else momentum * m + g
+    x = x - lr * m
+    np.testing.assert_allclose(p, x, rtol=1e-5, atol=1e-6)
+  # The pre-clip norm of the last gradient is in the state.
+  np.testing.assert_allclose(
+    optax.tree_utils.tree_get(state, "grad_norm"), np.linalg.norm(grads[-1]), rtol=1e-6
+  )
+
+
+def test_clipped_sgd_is_safe_on_zero_gradients_and_rejects_zero_threshold():
+  opt = htga_jax.clipped_sgd(0.1, 1.0)
+  u, _ = opt.update(jnp.zeros(3), opt.init(jnp.zeros(3)))
+  np.testing.assert_array_equal(u, 0.0)
+  with pytest.raises(ValueError, match="max_norm"):
+    htga_jax.clipped_sgd(0.1, 0.0)
+
+
+# ---------------------------------------------------------------------------
+# Normalized SGD
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_normalized_sgd_matches_hand_written_update(momentum):
+  # The NSGD-M form with the (1 - beta) factor: x -= lr * m / ||m||.
+  lr = 0.05
+  grads = grads_stream(2)
+  got, _ = run(htga_jax.normalized_sgd(lr, momentum, eps=1e-12), grads, jnp.zeros(20))
+  x, m = np.zeros(20), np.zeros(20)
+  for g, p in zip(grads, got, strict=True):
+    m = momentum * m + (1 - momentum) * g
+    x = x - lr * m / np.linalg.norm(m)
+    np.testing.assert_allclose(p, x, rtol=1e-5, atol=1e-6)
+
+
+def test_normalized_sgd_step_length_is_the_learning_rate_and_zero_is_safe():
+  opt = htga_jax.normalized_sgd(0.3)
+  g = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([12.0])}  # global norm 13
+  u, _ = opt.update(g, opt.init(g))
+  np.testing.assert_allclose(optax.tree.norm(u), 0.3, rtol=1e-5)
+  u, _ = opt.update(jax.tree.map(jnp.zeros_like, g), opt.init(g))
+  assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(u))
+  # A Python zero momentum keeps no buffer (no params-sized state).
+  assert not jax.tree.leaves(htga_jax.normalized_sgd(0.1).init(g))
+  with pytest.raises(ValueError, match="momentum"):
+    htga_jax.normalized_sgd(0.1, momentum=1.0)
+
+
+# ---------------------------------------------------------------------------
+# TailOPT
+
+
+def test_tailopt_sgd_matches_hand_written_biclip_sgd_with_schedules():
+  lr, d, u, nu, gam, zeta = 0.1, 0.3, 1.5, -0.5, 0.5, 0.25
+  grads = grads_stream(3)
+  opt = htga_jax.tailopt(
+    lr, variant="sgd", lower=d, upper=u, lr_power=nu, lower_power=gam, upper_power=zeta
+  )
+  got, _ = run(opt, grads, jnp.zeros(20))
+  x = np.zeros(20)
+  for t, (g, p) in enumerate(zip(grads, got, strict=True), start=1):
+    clipped = np.sign(g) * np.clip(np.abs(g), d * t**gam, u * t**zeta)
+    x = x - lr * t**nu * clipped
+    np.testing.assert_allclose(p, x, rtol=1e-5, atol=1e-6)
+
+
+def test_tailopt_adam_is_adam_on_biclipped_gradients():
+  lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+  grads = grads_stream(4)
+  got, _ = run(htga_jax.tailopt(lr, lower=0.2, upper=3.0), grads, jnp.zeros(20))
+  x, m, v = np.zeros(20), np.zeros(20), np.zeros(20)
+  for t, (g, p) in enumerate(zip(grads, got, strict=True), start=1):
+    c = np.sign(g) * np.clip(np.abs(g), 0.2, 3.0)
+    m, v = b1 * m + (1 - b1) * c, b2 * v + (1 - b2) * c * c
+    x = x - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    np.testing.assert_allclose(p, x, rtol=1e-4, atol=1e-6)
+
+
+def test_tailopt_defaults_are_the_authors_and_near_sign_descent():
+  # lr 1e-3, d = 1, u = inf, no schedules: small coordinates move by exactly lr.
+  opt = htga_jax.tailopt(variant="sgd")
+  g = jnp.array([1e-4, -0.3, 0.0, 5.0])
+  u, _ = opt.update(g, opt.init(g))
+  np.testing.assert_allclose(u, [-1e-3, 1e-3, 0.0, -5e-3], rtol=1e-6)
+
+
+def test_tailopt_weight_decay_is_decoupled():
+  opt = htga_jax.tailopt(0.1, variant="sgd", lower=0.0, weight_decay=0.5)
+  params = jnp.array([2.0])
+  u, _ = opt.update(jnp.array([1.0]), opt.init(params), params)
+  np.testing.assert_allclose(u, [-0.1 * (1.0 + 0.5 * 2.0)], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    (dict(variant="adamw"), "variant"),
+    (dict(lower=2.0, upper=1.0), "lower must be <= upper"),
+    (dict(lower=-1.0), "lower"),
+    (dict(learning_rate=0.0), "learning_rate"),
+    (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(lr_power=float("nan")), "lr_power"),
+    (dict(learning_rate=optax.constant_schedule(0.1), lr_power=1.0), "schedule"),
+  ],
+)
+def test_tailopt_rejects_bad_hyperparameters(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    htga_jax.tailopt(**kwargs)
+
+
+def test_record_global_norm_passes_updates_through():
+  tx = htga_jax.record_global_norm(max_norm=4.0)
+  g = {"a": jnp.array([3.0, 4.0])}
+  u, s = tx.update(g, tx.init(g))
+  chex.assert_trees_all_equal(u, g)
+  assert float(s.grad_norm) == 5.0 and bool(s.clipped)
