@@ -212,6 +212,7 @@ def scale_by_tail_index(
   seed: int = 0,
   estimator: str = "hill",
   source: str = "window",
+  batch_axis_name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by a multiplier of their estimated tail index (HTGA).
 
@@ -297,6 +298,14 @@ def scale_by_tail_index(
       Memory: the buffer is ``leaves x window x sample_size`` floats as
       before; computing the norms costs what ``jax.vmap(jax.grad(...))``
       costs, ``batch x params`` floats (less with its ``chunk_size``).
+    batch_axis_name: name of a ``jax.vmap`` (or ``pmap``) axis over which
+      several optimizer states step in lockstep, e.g. seeds trained together.
+      Under ``vmap`` the estimate's ``lax.cond`` would become a select and the
+      estimate would run on every step; with the axis named, the predicate is
+      reduced over it (``lax.pmax``) and stays a real branch, so the estimate
+      runs only on due steps. Each member still uses its own predicate, so
+      results equal separate runs. Use the name given to ``jax.vmap(...,
+      axis_name=...)``; calling ``update`` outside that axis is then an error.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -311,7 +320,8 @@ def scale_by_tail_index(
   write into the buffer; every ``every_k`` steps, a median over the window and
   a ``top_k`` over ``window x sample`` values per leaf. Under ``jax.vmap`` of
   the optimizer state (several seeds at once) the estimate's ``lax.cond``
-  becomes a select, so the estimation runs, and is discarded, on every step.
+  becomes a select, so the estimation runs, and is discarded, on every step,
+  unless ``batch_axis_name`` names the vmapped axis.
 
   References:
     Hill, "A simple general approach to inference about the tail of a
@@ -341,6 +351,8 @@ def scale_by_tail_index(
   _validation.check_choice("granularity", granularity, GRANULARITIES)
   _validation.check_choice("estimator", estimator, ESTIMATORS)
   _validation.check_choice("source", source, SOURCES)
+  if batch_axis_name is not None and not isinstance(batch_axis_name, str):
+    raise TypeError(f"batch_axis_name must be a str or None, got {batch_axis_name!r}")
   if centered is None:
     centered = source == "window"
   if not isinstance(centered, bool):
@@ -480,14 +492,20 @@ def scale_by_tail_index(
 
     # count is the number of updates seen including this one.
     due = (count >= win) & ((count - win) % every_k == 0)
-    alpha, scale = jax.lax.cond(
-      due,
-      refresh,
-      lambda buf, alpha, scale: (alpha, scale),
-      buffer,
-      jax.tree.leaves(state.alpha),
-      jax.tree.leaves(state.scale),
-    )
+    hold = lambda buf, alpha, scale: (alpha, scale)
+    operands = (buffer, jax.tree.leaves(state.alpha), jax.tree.leaves(state.scale))
+    if batch_axis_name is None:
+      alpha, scale = jax.lax.cond(due, refresh, hold, *operands)
+    else:
+      # Reduced over the named axis, the predicate is unbatched, so the cond
+      # stays a branch under vmap; each member then keeps its own result.
+      any_due = jax.lax.pmax(due.astype(jnp.int32), batch_axis_name) > 0
+
+      def refresh_if_due(buf, alpha, scale):
+        new = refresh(buf, alpha, scale)
+        return jax.tree.map(lambda n, o: jnp.where(due, n, o), new, (alpha, scale))
+
+      alpha, scale = jax.lax.cond(any_due, refresh_if_due, hold, *operands)
 
     scaled = [x * s.astype(x.dtype) for x, s in zip(leaves, scale, strict=True)]
     new_updates = treedef.unflatten(scaled)

@@ -747,3 +747,29 @@ def test_warns_when_no_leaf_can_ever_be_estimated():
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # enough values: no warning
     htga_jax.scale_by_tail_index(window=4).update(big, tx.init(big))
+
+
+def test_batch_axis_name_keeps_the_estimate_a_branch_under_vmap():
+  seeds, steps = 3, 12
+  stream = t_stream(44, (seeds, 300), 1.8, steps)
+  plain = htga_jax.scale_by_tail_index(window=4, every_k=4)
+  named = htga_jax.scale_by_tail_index(window=4, every_k=4, batch_axis_name="seeds")
+  states = jax.vmap(named.init)({"w": jnp.zeros((seeds, 300))})
+  step = jax.jit(jax.vmap(named.update, axis_name="seeds"))
+  for g in stream:
+    u, states = step({"w": jnp.asarray(g)}, states)
+  for i in range(seeds):  # identical to separate runs
+    u_i, a_i, _, _ = run_stream(plain, {"w": stream[:, i]})
+    np.testing.assert_allclose(states.alpha["w"][i], a_i["w"][-1], rtol=1e-6)
+    np.testing.assert_allclose(u["w"][i], u_i["w"][-1], rtol=1e-6)
+  # The vmapped program keeps a conditional with the axis named, and turns
+  # the estimate into an always-computed select without it.
+  g0 = {"w": jnp.zeros((seeds, 300))}
+  with_name = jax.make_jaxpr(jax.vmap(named.update, axis_name="seeds"))(g0, states)
+  without = jax.make_jaxpr(jax.vmap(plain.update))(g0, jax.vmap(plain.init)(g0))
+  assert "cond[" in str(with_name) and "cond[" not in str(without)
+
+
+def test_batch_axis_name_must_be_a_string():
+  with pytest.raises(TypeError, match="batch_axis_name"):
+    htga_jax.scale_by_tail_index(batch_axis_name=3)
