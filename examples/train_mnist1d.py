@@ -35,10 +35,10 @@ def load_mnist1d(seed: int = 42) -> dict[str, np.ndarray]:
   args.seed = seed
   data = make_dataset(args)  # procedural: never touches the network
   return {
-      "x": data["x"].astype(np.float32),
-      "y": data["y"].astype(np.int32),
-      "x_test": data["x_test"].astype(np.float32),
-      "y_test": data["y_test"].astype(np.int32),
+    "x": data["x"].astype(np.float32),
+    "y": data["y"].astype(np.int32),
+    "x_test": data["x_test"].astype(np.float32),
+    "y_test": data["y_test"].astype(np.int32),
   }
 
 
@@ -63,15 +63,15 @@ class CNN(nnx.Module):
 # defaults were picked by hand for this script on MNIST-1D (one seed); the
 # study tunes every optimizer on a validation split instead.
 OPTIMIZERS = {
-    "sgd": (lambda lr, k: optax.sgd(lr), 0.1),
-    "momentum": (lambda lr, k: optax.sgd(lr, momentum=0.9), 0.05),
-    "adam": (lambda lr, k: optax.adam(lr), 3e-3),
-    "clipped_sgd": (lambda lr, k: htga_jax.clipped_sgd(lr, max_norm=1.0, momentum=0.9), 0.05),
-    "normalized_sgd": (lambda lr, k: htga_jax.normalized_sgd(lr, momentum=0.9), 0.05),
-    "tailopt": (lambda lr, k: htga_jax.tailopt(lr), 1e-3),
-    "htga": (lambda lr, k: htga_jax.htga(lr, every_k=k), 0.1),
-    "htga_momentum": (lambda lr, k: htga_jax.htga(lr, momentum=0.9, every_k=k), 0.05),
-    "htga_adam": (lambda lr, k: htga_jax.htga_adam(lr, every_k=k), 3e-3),
+  "sgd": (lambda lr, k: optax.sgd(lr), 0.1),
+  "momentum": (lambda lr, k: optax.sgd(lr, momentum=0.9), 0.05),
+  "adam": (lambda lr, k: optax.adam(lr), 3e-3),
+  "clipped_sgd": (lambda lr, k: htga_jax.clipped_sgd(lr, max_norm=1.0, momentum=0.9), 0.05),
+  "normalized_sgd": (lambda lr, k: htga_jax.normalized_sgd(lr, momentum=0.9), 0.05),
+  "tailopt": (lambda lr, k: htga_jax.tailopt(lr), 1e-3),
+  "htga": (lambda lr, k: htga_jax.htga(lr, every_k=k), 0.1),
+  "htga_momentum": (lambda lr, k: htga_jax.htga(lr, momentum=0.9, every_k=k), 0.05),
+  "htga_adam": (lambda lr, k: htga_jax.htga_adam(lr, every_k=k), 3e-3),
 }
 
 
@@ -93,16 +93,16 @@ def format_report(report: dict[str, dict[str, float]]) -> str:
 
 
 def train(
-    optimizer: str = "htga_momentum",
-    steps: int = 6000,
-    batch_size: int = 128,
-    lr: float | None = None,
-    every_k: int = 100,
-    seed: int = 0,
-    report_every: int = 1000,
-    progress: bool = True,
-    plot: str | None = None,
-    sharpness: bool = False,
+  optimizer: str = "htga_momentum",
+  steps: int = 6000,
+  batch_size: int = 128,
+  lr: float | None = None,
+  every_k: int = 100,
+  seed: int = 0,
+  report_every: int = 1000,
+  progress: bool = True,
+  plot: str | None = None,
+  sharpness: bool = False,
 ) -> dict[str, float]:
   """Trains the CNN; returns final train/test accuracy and loss (and sharpness)."""
   data = load_mnist1d()
@@ -147,19 +147,19 @@ def train(
   train_loss, train_acc = evaluate(params, data["x"], data["y"])
   test_loss, test_acc = evaluate(params, data["x_test"], data["y_test"])
   result = {
-      "train_loss": float(train_loss),
-      "train_acc": float(train_acc),
-      "test_loss": float(test_loss),
-      "test_acc": float(test_acc),
-      "seconds": elapsed,
+    "train_loss": float(train_loss),
+    "train_acc": float(train_acc),
+    "test_loss": float(test_loss),
+    "test_acc": float(test_acc),
+    "seconds": elapsed,
   }
   print(
-      f"{optimizer}: train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f} "
-      f"(test loss {result['test_loss']:.3f}) in {elapsed:.1f}s"
+    f"{optimizer}: train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f} "
+    f"(test loss {result['test_loss']:.3f}) in {elapsed:.1f}s"
   )
   if sharpness:
     top = htga_jax.hessian_top_eigenvalues(
-        loss_fn, params, data["x"][:1000], data["y"][:1000], max_iters=200
+      loss_fn, params, data["x"][:1000], data["y"][:1000], max_iters=200
     )
     result["sharpness"] = float(top.eigenvalues[0])
     print(f"top Hessian eigenvalue (1000 training examples): {result['sharpness']:.3f}")
@@ -181,7 +181,9 @@ def main(argv=None) -> None:
   parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="htga_momentum")
   parser.add_argument("--steps", type=int, default=6000, help="training steps (default 6000)")
   parser.add_argument("--batch-size", type=int, default=128)
-  parser.add_argument("--lr", type=float, default=None, help="learning rate (default per optimizer)")
+  parser.add_argument(
+    "--lr", type=float, default=None, help="learning rate (default per optimizer)"
+  )
   parser.add_argument("--every-k", type=int, default=100, help="HTGA re-estimation period")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--report-every", type=int, default=1000, help="steps between tail reports")
@@ -190,16 +192,16 @@ def main(argv=None) -> None:
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   args = parser.parse_args(argv)
   train(
-      optimizer=args.optimizer,
-      steps=args.steps,
-      batch_size=args.batch_size,
-      lr=args.lr,
-      every_k=args.every_k,
-      seed=args.seed,
-      report_every=args.report_every,
-      progress=not args.no_progress,
-      plot=args.plot,
-      sharpness=args.sharpness,
+    optimizer=args.optimizer,
+    steps=args.steps,
+    batch_size=args.batch_size,
+    lr=args.lr,
+    every_k=args.every_k,
+    seed=args.seed,
+    report_every=args.report_every,
+    progress=not args.no_progress,
+    plot=args.plot,
+    sharpness=args.sharpness,
   )
 
 

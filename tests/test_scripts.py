@@ -21,7 +21,7 @@ def test_mnist1d_example_trains_and_reports_tail_indices(capsys, tmp_path):
   example = load("examples/train_mnist1d.py")
   plot = tmp_path / "alpha.png"
   result = example.train(
-      steps=200, every_k=20, report_every=200, progress=False, plot=str(plot), sharpness=True
+    steps=200, every_k=20, report_every=200, progress=False, plot=str(plot), sharpness=True
   )
   out = capsys.readouterr().out
   assert "conv1/kernel" in out and "dense/kernel" in out
@@ -30,8 +30,20 @@ def test_mnist1d_example_trains_and_reports_tail_indices(capsys, tmp_path):
   assert plot.stat().st_size > 1000
 
 
-@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "clipped_sgd", "normalized_sgd",
-                                  "tailopt", "htga", "htga_momentum", "htga_adam"])
+@pytest.mark.parametrize(
+  "name",
+  [
+    "sgd",
+    "momentum",
+    "adam",
+    "clipped_sgd",
+    "normalized_sgd",
+    "tailopt",
+    "htga",
+    "htga_momentum",
+    "htga_adam",
+  ],
+)
 def test_example_offers_every_optimizer_of_the_study(name):
   example = load("examples/train_mnist1d.py")
   opt = example.make_optimizer(name)

@@ -1,0 +1,140 @@
+"""The study's tasks: which data, which model, how long, and how it is scored."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from flax import nnx
+
+from htga_jax import data as data_lib
+from htga_jax import models
+
+__all__ = ["DEFAULT_TASKS", "EMBEDDED_TASKS", "TASKS", "Task"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One task of the study.
+
+  Attributes:
+    name: the study's name.
+    kind: ``"classification"`` (metric: accuracy, higher is better) or
+      ``"lm"`` (metric: perplexity, lower is better; also bits per token).
+    load: ``load(data_dir) -> ClassificationData | TextData``.
+    model: ``model(dataset, rngs) -> nnx.Module``.
+    steps: default training steps.
+    batch_size: examples (or sequences) per step.
+    eval_every: steps between the recorded points of the curves.
+    seq_len: sequence length for language models.
+    needs_data_dir: True for the datasets read from a user's directory.
+  """
+
+  name: str
+  kind: str
+  load: Callable[[Any], Any]
+  model: Callable[[Any, nnx.Rngs], nnx.Module]
+  steps: int
+  batch_size: int
+  eval_every: int
+  seq_len: int = 0
+  needs_data_dir: bool = False
+
+
+def _mlp(d, rngs):
+  return models.MLP(int(d.x_train[0].size), d.num_classes, hidden=(128, 128), rngs=rngs)
+
+
+def _cnn1d(d, rngs):
+  return models.CNN1D(d.x_train.shape[1], d.num_classes, channels=32, rngs=rngs)
+
+
+def _cnn2d(d, rngs):
+  return models.CNN2D(d.x_train.shape[-1], d.num_classes, channels=16, rngs=rngs)
+
+
+def _resnet(d, rngs):
+  return models.ResNet(3, d.num_classes, rngs=rngs)
+
+
+def _char_lm(d, rngs):
+  # Small enough for the default study to run in minutes on a 2-core CPU.
+  return models.TransformerLM(d.vocab_size, d_model=32, heads=2, layers=1, max_len=32, rngs=rngs)
+
+
+def _word_lm(d, rngs):
+  return models.TransformerLM(d.vocab_size, d_model=128, heads=4, layers=2, max_len=64, rngs=rngs)
+
+
+def _from_dir(loader, *args):
+  def load(data_dir):
+    if data_dir is None:
+      raise FileNotFoundError(
+        f"{loader.__name__} reads a local copy of the dataset: pass --data-dir DIR"
+      )
+    return loader(data_dir, *args)
+
+  return load
+
+
+TASKS: dict[str, Task] = {
+  t.name: t
+  for t in (
+    Task("mnist1d", "classification", lambda _: data_lib.load_mnist1d(), _mlp, 1000, 64, 100),
+    Task("digits", "classification", lambda _: data_lib.load_digits(), _mlp, 600, 64, 100),
+    # CNN variants: under jax.vmap of many models XLA-CPU runs their
+    # (grouped) convolutions at ~2 GFLOP/s, ~90x an MLP step here; on a
+    # GPU they are ordinary work.
+    Task("mnist1d_cnn", "classification", lambda _: data_lib.load_mnist1d(), _cnn1d, 1000, 64, 100),
+    Task("digits_cnn", "classification", lambda _: data_lib.load_digits(), _cnn2d, 600, 64, 100),
+    Task("charlm", "lm", lambda _: data_lib.load_pydoc_text(), _char_lm, 400, 16, 100, seq_len=32),
+    Task(
+      "cifar10",
+      "classification",
+      _from_dir(data_lib.load_cifar, 10),
+      _resnet,
+      5000,
+      128,
+      500,
+      needs_data_dir=True,
+    ),
+    Task(
+      "cifar100",
+      "classification",
+      _from_dir(data_lib.load_cifar, 100),
+      _resnet,
+      5000,
+      128,
+      500,
+      needs_data_dir=True,
+    ),
+    Task(
+      "wikitext2",
+      "lm",
+      _from_dir(data_lib.load_wikitext2),
+      _word_lm,
+      3000,
+      32,
+      300,
+      seq_len=64,
+      needs_data_dir=True,
+    ),
+    Task(
+      "ptb",
+      "lm",
+      _from_dir(data_lib.load_ptb),
+      _word_lm,
+      3000,
+      32,
+      300,
+      seq_len=64,
+      needs_data_dir=True,
+    ),
+  )
+}
+
+#: Tasks that need no data directory.
+EMBEDDED_TASKS = tuple(name for name, t in TASKS.items() if not t.needs_data_dir)
+#: The default study: embedded, and fast enough for minutes on a 2-core CPU.
+DEFAULT_TASKS = ("mnist1d", "digits", "charlm")
