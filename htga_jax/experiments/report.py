@@ -177,7 +177,8 @@ def markdown_summary(rows: list[dict], meta: dict) -> str:
     key=lambda t: meta.get("tasks", []).index(t) if t in meta.get("tasks", []) else 99,
   )
   lines = ["# HTGA study", ""]
-  lines += [f"- {k}: {v}" for k, v in meta.items() if k != "tasks"]
+  names = {"peak_rss_mb": "peak memory (process, MiB)"}
+  lines += [f"- {names.get(k, k)}: {v}" for k, v in meta.items() if k != "tasks"]
   lines += [f"- tasks: {', '.join(tasks)}", ""]
   lines += [
     "Protocol: for every task, data fraction and optimizer, the learning rate "
@@ -236,7 +237,8 @@ def markdown_summary(rows: list[dict], meta: dict) -> str:
     "| task | data | HTGA variant | best baseline | difference | 95% CI | verdict |",
     "|---|---:|---|---|---:|---|---|",
   ]
-  for c in comparisons:
+  order = {t: i for i, t in enumerate(tasks)}
+  for c in sorted(comparisons, key=lambda c: (order.get(c["task"], 99), -c["fraction"])):
     ci = f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" if math.isfinite(c["ci_low"]) else "-"
     lines.append(
       f"| {c['task']} | {c['fraction']:.0%} | {c['htga']} | {c['baseline']} | "

@@ -301,7 +301,7 @@ def _meta(cfg: StudyConfig, elapsed: float, rows: list[dict]) -> dict:
     ),
     "label noise": cfg.label_noise,
     "wall time": f"{elapsed / 60:.1f} min",
-    "peak_rss_mb": max((r["peak_rss_mb"] for r in rows), default=float("nan")),
+    "peak_rss_mb": round(max((r["peak_rss_mb"] for r in rows), default=float("nan"))),
   }
 
 

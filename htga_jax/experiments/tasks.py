@@ -78,6 +78,20 @@ def _from_dir(loader, *args):
   return load
 
 
+def _cifar_task(classes: int) -> Task:
+  return Task(
+      f"cifar{classes}", "classification", _from_dir(data_lib.load_cifar, classes), _resnet,
+      steps=5000, batch_size=128, eval_every=500, needs_data_dir=True,
+  )
+
+
+def _word_task(name: str, loader) -> Task:
+  return Task(
+      name, "lm", _from_dir(loader), _word_lm,
+      steps=3000, batch_size=32, eval_every=300, seq_len=64, needs_data_dir=True,
+  )
+
+
 TASKS: dict[str, Task] = {
   t.name: t
   for t in (
@@ -89,48 +103,10 @@ TASKS: dict[str, Task] = {
     Task("mnist1d_cnn", "classification", lambda _: data_lib.load_mnist1d(), _cnn1d, 1000, 64, 100),
     Task("digits_cnn", "classification", lambda _: data_lib.load_digits(), _cnn2d, 600, 64, 100),
     Task("charlm", "lm", lambda _: data_lib.load_pydoc_text(), _char_lm, 400, 16, 100, seq_len=32),
-    Task(
-      "cifar10",
-      "classification",
-      _from_dir(data_lib.load_cifar, 10),
-      _resnet,
-      5000,
-      128,
-      500,
-      needs_data_dir=True,
-    ),
-    Task(
-      "cifar100",
-      "classification",
-      _from_dir(data_lib.load_cifar, 100),
-      _resnet,
-      5000,
-      128,
-      500,
-      needs_data_dir=True,
-    ),
-    Task(
-      "wikitext2",
-      "lm",
-      _from_dir(data_lib.load_wikitext2),
-      _word_lm,
-      3000,
-      32,
-      300,
-      seq_len=64,
-      needs_data_dir=True,
-    ),
-    Task(
-      "ptb",
-      "lm",
-      _from_dir(data_lib.load_ptb),
-      _word_lm,
-      3000,
-      32,
-      300,
-      seq_len=64,
-      needs_data_dir=True,
-    ),
+    _cifar_task(10),
+    _cifar_task(100),
+    _word_task("wikitext2", data_lib.load_wikitext2),
+    _word_task("ptb", data_lib.load_ptb),
   )
 }
 
