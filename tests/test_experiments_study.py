@@ -56,6 +56,11 @@ def test_every_optimizer_end_to_end_with_outputs(tmp_path):
     assert expected in names
   with open(out / "results.csv") as fh:
     assert len(list(csv.DictReader(fh))) == len(rows)
+  curves = json.loads((out / "curves.json").read_text())
+  c = curves["mnist1d/1/htga"]
+  assert len(c["step"]) == len(c["train_loss"]) and len(c["train_loss"][0]) == 2  # seeds
+  assert "hidden/0/kernel" in c["alpha"]  # HTGA runs record per-layer alpha ...
+  assert curves["mnist1d/1/sgd"]["alpha"] == {}  # ... the others have none
   assert "## HTGA against the best baseline" in (out / "summary.md").read_text()
   assert not list(tmp_path.glob("*.partial-*"))  # nothing left behind
 

@@ -12,7 +12,8 @@ For each task, data fraction and optimizer:
 Outputs (written into a temporary directory, renamed into place only when
 everything succeeded, so a failed run leaves nothing half-written):
 ``results.json`` and ``results.csv`` (one row per trained model),
-``summary.md``, ``config.json``, and PNG figures.
+``curves.json`` (loss, validation and HTGA tail-index curves of the final
+runs, per seed), ``summary.md``, ``config.json``, and PNG figures.
 """
 
 from __future__ import annotations
@@ -317,6 +318,20 @@ def _jsonable(v):
   return v
 
 
+def _curves_for_json(curves: dict) -> dict:
+  """``{"task/fraction/optimizer": {"step": [...], "train_loss": [[per seed]...],
+  "val_metric": [...], "alpha": {leaf: [[per seed]...]}}}`` (final runs)."""
+  out = {}
+  for (task, fraction, opt), c in curves.items():
+    out[f"{task}/{fraction:g}/{opt}"] = {
+      "step": np.asarray(c["step"]).tolist(),
+      "train_loss": np.asarray(c["train_loss"]).tolist(),
+      "val_metric": np.asarray(c["val_metric"]).tolist(),
+      "alpha": {leaf: np.asarray(a).tolist() for leaf, a in c["alpha"].items()},
+    }
+  return out
+
+
 def _write(out: pathlib.Path, overwrite: bool, cfg, meta, rows, curves) -> dict:
   tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
@@ -324,6 +339,7 @@ def _write(out: pathlib.Path, overwrite: bool, cfg, meta, rows, curves) -> dict:
   try:
     (tmp / "config.json").write_text(json.dumps(_jsonable(dataclasses.asdict(cfg)), indent=2))
     (tmp / "results.json").write_text(json.dumps(_jsonable({"meta": meta, "rows": rows}), indent=1))
+    (tmp / "curves.json").write_text(json.dumps(_jsonable(_curves_for_json(curves))))
     flat = [{k: v for k, v in r.items() if k != "noise_by_layer"} for r in rows]
     with open(tmp / "results.csv", "w", newline="") as fh:
       writer = csv.DictWriter(fh, fieldnames=list(flat[0]))

@@ -80,15 +80,28 @@ def _from_dir(loader, *args):
 
 def _cifar_task(classes: int) -> Task:
   return Task(
-      f"cifar{classes}", "classification", _from_dir(data_lib.load_cifar, classes), _resnet,
-      steps=5000, batch_size=128, eval_every=500, needs_data_dir=True,
+    f"cifar{classes}",
+    "classification",
+    _from_dir(data_lib.load_cifar, classes),
+    _resnet,
+    steps=5000,
+    batch_size=128,
+    eval_every=500,
+    needs_data_dir=True,
   )
 
 
 def _word_task(name: str, loader) -> Task:
   return Task(
-      name, "lm", _from_dir(loader), _word_lm,
-      steps=3000, batch_size=32, eval_every=300, seq_len=64, needs_data_dir=True,
+    name,
+    "lm",
+    _from_dir(loader),
+    _word_lm,
+    steps=3000,
+    batch_size=32,
+    eval_every=300,
+    seq_len=64,
+    needs_data_dir=True,
   )
 
 
