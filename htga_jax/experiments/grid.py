@@ -29,8 +29,10 @@ from htga_jax.experiments.tasks import Task
 
 __all__ = ["GridResult", "NoiseConfig", "Prepared", "TaskPrograms", "Trainer", "prepare"]
 
-_EVAL_CAP = 2000  # examples (classification) used for each final evaluation
-_LM_EVAL_WINDOWS = 128  # sequences (LM) used for each final evaluation
+# Evaluation runs over whole splits in chunks of this many examples
+# (sequences for LMs); the training-set metrics use one chunk of the subset.
+_EVAL_CHUNK = 2000
+_LM_EVAL_CHUNK = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,13 +81,13 @@ def prepare(
       "train_idx": jnp.asarray(train_idx),
       "x_val": jnp.asarray(dataset.x_train[val]),
       "y_val": jnp.asarray(dataset.y_train[val]),  # clean labels: tuning is not corrupted
-      "x_test": jnp.asarray(dataset.x_test[: _EVAL_CAP * 5]),
-      "y_test": jnp.asarray(dataset.y_test[: _EVAL_CAP * 5]),
+      "x_test": jnp.asarray(dataset.x_test),
+      "y_test": jnp.asarray(dataset.y_test),
     }
     return Prepared(task, dataset, arrays, len(sub), fraction)
   t = task.seq_len
   n_tokens = max(int(fraction * len(dataset.train)), 2 * (t + 1))
-  windows = lambda s: jnp.asarray(_windows(s, t, _LM_EVAL_WINDOWS))
+  windows = lambda s: jnp.asarray(_windows(s, t))
   arrays = {
     "stream": jnp.asarray(dataset.train),
     "val": windows(dataset.valid),
@@ -94,9 +96,11 @@ def prepare(
   return Prepared(task, dataset, arrays, n_tokens, fraction)
 
 
-def _windows(stream: np.ndarray, t: int, cap: int) -> np.ndarray:
-  """Non-overlapping ``(n, t + 1)`` windows from the start of a stream."""
-  n = min(cap, (len(stream) - 1) // t)
+def _windows(stream: np.ndarray, t: int, cap: int | None = None) -> np.ndarray:
+  """Non-overlapping ``(n, t + 1)`` windows from the start of a stream (all of
+  them, or the first ``cap``)."""
+  n = (len(stream) - 1) // t
+  n = n if cap is None else min(cap, n)
   if n < 1:
     raise ValueError(f"a split of {len(stream)} tokens is too short for sequences of {t}")
   return np.stack([stream[i * t : i * t + t + 1] for i in range(n)])
@@ -149,11 +153,11 @@ class TaskPrograms:
       return losses(params, inputs, targets)[0].mean()
 
     def evaluate(params, inputs, targets, weights):
+      """Weighted sums (loss, correct, weight) over one chunk: chunks add up."""
       nll, correct = losses(params, inputs, targets)
-      if is_lm:  # per-token means, over whole windows
+      if is_lm:  # per-token means within each window (all windows equal length)
         nll, correct = nll.mean(-1), correct.mean(-1)
-      w = weights / jnp.sum(weights)
-      return jnp.sum(w * nll), jnp.sum(w * correct)
+      return jnp.sum(weights * nll), jnp.sum(weights * correct), jnp.sum(weights)
 
     def noise_stats(params, seed, arrays, n_train):
       """Per-leaf variance, kurtosis and tail index of gradient noise at the
@@ -198,27 +202,57 @@ class TaskPrograms:
       self._params[seed] = nnx.split(model, nnx.Param)[1]
     return jax.tree.map(lambda *p: jnp.stack(p), *(self._params[int(s)] for s in seeds))
 
-  def eval_sets(self, prep: Prepared) -> dict[str, tuple]:
-    """Validation, test and training-subset evaluation sets, padded to one
-    shape (zero weights) so one compiled evaluation serves all of them."""
+  def eval_sets(self, prep: Prepared) -> dict[str, list[tuple]]:
+    """Evaluation chunks ``(inputs, targets, weights)`` per split, all of one
+    shape (zero-weight padding) so one compiled evaluation serves every chunk.
+
+    Validation and test: the whole split. Training: one chunk of the
+    training subset (its first 2000 examples, or 128 sequences), an estimate
+    for the generalisation gap.
+    """
     a = prep.arrays
     if self.is_lm:
-      train = _windows(np.asarray(a["stream"][: prep.n_train]), self.task.seq_len, _LM_EVAL_WINDOWS)
-      sets = {"val": a["val"], "test": a["test"], "train": jnp.asarray(train)}
-      sets = {k: (w[:, :-1], w[:, 1:], jnp.ones(len(w))) for k, w in sets.items()}
-    else:
-      idx = a["train_idx"][:_EVAL_CAP]
+      chunk = _LM_EVAL_CHUNK
+      train = _windows(np.asarray(a["stream"][: prep.n_train]), self.task.seq_len, chunk)
       sets = {
-        "val": (a["x_val"][:_EVAL_CAP], a["y_val"][:_EVAL_CAP]),
-        "test": (a["x_test"][:_EVAL_CAP], a["y_test"][:_EVAL_CAP]),
+        k: (w[:, :-1], w[:, 1:])
+        for k, w in {"val": a["val"], "test": a["test"], "train": jnp.asarray(train)}.items()
+      }
+      weights = {k: jnp.ones(len(x)) for k, (x, _) in sets.items()}
+    else:
+      chunk = _EVAL_CHUNK
+      idx = a["train_idx"][:chunk]
+      sets = {
+        "val": (a["x_val"], a["y_val"]),
+        "test": (a["x_test"], a["y_test"]),
         "train": (a["x"][idx], a["y"][idx]),
       }
-      sets = {k: (x, y, jnp.ones(len(y))) for k, (x, y) in sets.items()}
-      n = len(idx)
-      sets["train"] = (*sets["train"][:2], (jnp.arange(n) < prep.n_train).astype(jnp.float32))
-    size = max(len(w) for *_, w in sets.values())
-    pad = lambda v: jnp.concatenate([v, jnp.zeros((size - len(v), *v.shape[1:]), v.dtype)])
-    return {k: tuple(pad(v) for v in triple) for k, triple in sets.items()}
+      weights = {k: jnp.ones(len(y)) for k, (_, y) in sets.items()}
+      weights["train"] = (jnp.arange(len(idx)) < prep.n_train).astype(jnp.float32)
+    size = min(chunk, max(len(w) for w in weights.values()))  # the same for every fraction
+
+    def chunks(x, y, w):
+      out = []
+      for i in range(0, len(w), size):
+        part = [v[i : i + size] for v in (x, y, w)]
+        pad = size - len(part[2])
+        out.append(
+          tuple(jnp.concatenate([v, jnp.zeros((pad, *v.shape[1:]), v.dtype)]) for v in part)
+        )
+      return out
+
+    return {k: chunks(*sets[k], weights[k]) for k in sets}
+
+  def evaluate_split(self, params, chunks) -> tuple[np.ndarray, np.ndarray]:
+    """Mean loss and mean accuracy per model over all chunks of a split."""
+    totals = [np.asarray(v, np.float64) for v in self.evaluate(params, *chunks[0])]
+    for c in chunks[1:]:
+      totals = [
+        t + np.asarray(v, np.float64)
+        for t, v in zip(totals, self.evaluate(params, *c), strict=True)
+      ]
+    loss, correct, weight = totals
+    return loss / weight, correct / weight
 
 
 class Trainer:
@@ -293,15 +327,15 @@ class Trainer:
         timed.append((time.perf_counter() - start) / self.eval_every)
       curves["step"].append(t0 + self.eval_every)
       curves["train_loss"].append(np.asarray(train_loss))
-      curves["val_metric"].append(self._metric(*programs.evaluate(params, *sets["val"])))
+      curves["val_metric"].append(self._metric(*programs.evaluate_split(params, sets["val"])))
       if self.spec.family == "htga":
         for name, r in _alpha_by_leaf(opt_state).items():
           alpha.setdefault(name, []).append(r)
       if progress is not None:
         progress(self.eval_every)
     final = {}
-    for split, args in sets.items():
-      loss, acc = programs.evaluate(params, *args)
+    for split, chunks in sets.items():
+      loss, acc = programs.evaluate_split(params, chunks)
       final[f"{split}_loss"] = np.asarray(loss)
       final[f"{split}_metric"] = self._metric(loss, acc)
     if self.measure:
