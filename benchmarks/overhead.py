@@ -10,7 +10,10 @@ median time per step over rounds, the ratio HTGA / SGD of those medians with a
 paired-bootstrap 95% interval, and the device name. Params and optimizer
 state are donated, as in a real training loop. Also prints HTGA's
 optimizer-state size next to the params'. A second, separately compiled SGD
-(the A/A column) measures the machine's noise floor.
+(the A/A column) measures the machine's noise floor. The last row trains
+``--members`` copies of the MLP side by side under ``jax.vmap`` (several seeds
+at once, as ``htga-study`` does), with ``batch_axis_name`` set so that HTGA's
+estimate stays a branch; its times are per vmapped step of all members.
 
     python benchmarks/overhead.py            # full run
     python benchmarks/overhead.py --quick    # smoke run, seconds
@@ -59,8 +62,17 @@ def nbytes(tree) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def build(model: nnx.Module, tx: optax.GradientTransformation, batch: int, seed: int):
-  """Returns (full_step, update_only, carry) for one model and optimizer."""
+MEMBERS_AXIS = "members"
+
+
+def build(
+  model: nnx.Module, tx: optax.GradientTransformation, batch: int, seed: int, members: int = 0
+):
+  """Returns (full_step, update_only, carry) for one model and optimizer.
+
+  With ``members > 0`` the steps run that many copies side by side under
+  ``jax.vmap`` over the named axis ``MEMBERS_AXIS``.
+  """
   graphdef, params = nnx.split(model, nnx.Param)
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.standard_normal((batch, 28, 28, 1)), jnp.float32)
@@ -75,15 +87,21 @@ def build(model: nnx.Module, tx: optax.GradientTransformation, batch: int, seed:
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  grads = jax.grad(loss_fn)(params)
-
-  def update_only(params, state):
+  def update_only(params, state, grads):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
   jit = lambda f: jax.jit(f, donate_argnums=(0, 1))
   copy = lambda t: jax.tree.map(jnp.array, t)  # donation consumes buffers
-  return jit(full), jit(update_only), lambda: (copy(params), tx.init(params))
+  stack = lambda t: jax.tree.map(lambda x: jnp.stack([x] * members), t)
+  wrap = copy if not members else stack
+  vm = jit if not members else lambda f: jit(jax.vmap(f, axis_name=MEMBERS_AXIS))
+  init = tx.init if not members else jax.vmap(tx.init)
+  # Gradients are an argument, not a closed-over constant, so XLA cannot
+  # fold them into the update at compile time.
+  grads = wrap(jax.grad(loss_fn)(params))
+  update = vm(update_only)
+  return vm(full), lambda p, s: update(p, s, grads), lambda: (wrap(params), init(wrap(params)))
 
 
 def time_steps(fn: Callable, carry, steps: int):
@@ -110,20 +128,21 @@ def ratio_with_ci(htga: list[float], sgd: list[float], seed: int, resamples: int
   return float(np.median(h) / np.median(s)), tuple(np.percentile(boot, [2.5, 97.5]))
 
 
-def benchmark(name: str, make_model: Callable, args) -> list[dict]:
+def benchmark(name: str, make_model: Callable, args, members: int = 0) -> list[dict]:
   # "sgd (A/A)" is a second, separately compiled SGD: its ratio to "sgd" is
   # the noise floor of this machine, against which HTGA's ratio is read.
+  axis = MEMBERS_AXIS if members else None
   optimizers = {
     "sgd": optax.sgd(args.lr),
     "sgd (A/A)": optax.sgd(args.lr),
-    "htga": htga_jax.htga(args.lr, every_k=args.every_k),
+    "htga": htga_jax.htga(args.lr, every_k=args.every_k, batch_axis_name=axis),
   }
   order_rng = np.random.default_rng(args.seed)
   rows = []
   for mode in ("full step", "update only"):
     fns, carries = {}, {}
     for opt_name, tx in optimizers.items():
-      full, update, fresh = build(make_model(), tx, args.batch_size, args.seed)
+      full, update, fresh = build(make_model(), tx, args.batch_size, args.seed, members)
       fns[opt_name] = full if mode == "full step" else update
       carry = fresh()
       for _ in range(args.warmup):  # compile, and pass one estimation
@@ -145,8 +164,8 @@ def benchmark(name: str, make_model: Callable, args) -> list[dict]:
         "htga_us": statistics.median(times["htga"]) * 1e6,
         "htga": ratio_with_ci(times["htga"], times["sgd"], args.seed),
         "aa": ratio_with_ci(times["sgd (A/A)"], times["sgd"], args.seed),
-        "params_bytes": nbytes(params),
-        "state_bytes": nbytes(jax.eval_shape(optimizers["htga"].init, params)),
+        "params_bytes": nbytes(params) * max(members, 1),
+        "state_bytes": nbytes(jax.eval_shape(optimizers["htga"].init, params)) * max(members, 1),
       }
     )
   return rows
@@ -186,6 +205,9 @@ def main(argv=None) -> None:
   parser.add_argument("--lr", type=float, default=0.1)
   parser.add_argument("--warmup", type=int, default=150, help="untimed steps per variant")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+    "--members", type=int, default=5, help="MLP copies vmapped in the last row (0: skip it)"
+  )
   parser.add_argument("--quick", action="store_true", help="smoke run: 2 short rounds")
   args = parser.parse_args(argv)
   if args.quick:
@@ -202,6 +224,10 @@ def main(argv=None) -> None:
   rows = []
   for name, make in models.items():
     rows += benchmark(name, make, args)
+  if args.members > 0:
+    rows += benchmark(
+      f"MLP x{args.members} under vmap", models["MLP 784-512-512-10"], args, args.members
+    )
   print_report(rows)
 
 

@@ -30,7 +30,7 @@ def test_report_gives_alpha_and_scale_per_leaf_through_a_chain():
   params = {"dense": {"kernel": jnp.zeros((30, 20)), "bias": jnp.zeros(2)}}
   state = opt.init(params)
   rng = np.random.default_rng(0)
-  for _ in range(4):
+  for _ in range(5):  # the estimate on step 5 uses steps 1-4
     g = {
       "dense": {
         "kernel": jnp.asarray(ref.student_t(rng, 2.0, (30, 20)), jnp.float32),
@@ -109,7 +109,7 @@ def test_tracker_records_reports_and_plots(tmp_path):
   data = tracker.as_arrays()
   np.testing.assert_array_equal(data["step"], np.arange(8))
   alpha = data["alpha"]["dense/kernel"]
-  assert np.all(np.isnan(alpha[:3])) and np.all(alpha[3:] > 0)  # 0 (none yet) -> NaN
+  assert np.all(np.isnan(alpha[:4])) and np.all(alpha[4:] > 0)  # 0 (none yet) -> NaN
   assert np.all(np.isnan(data["alpha"]["dense/bias"]))  # too small: never estimated
   np.testing.assert_array_equal(data["scale"]["dense/bias"], 1.0)
   ax = tracker.plot("alpha")

@@ -44,18 +44,22 @@ def test_is_exactly_chain_of_scale_by_tail_index_and_sgd(name):
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_first_step_is_learning_rate_times_scale_times_gradient(name):
+def test_update_is_learning_rate_times_scale_times_gradient(name):
   # theta <- theta - eta * lambda * g. Uncentred with a one-step window, the
-  # first estimate is Hill on |g| itself; momentum has no history yet.
+  # estimate on step 2 is Hill on |g_1|: step 1 passes g_1 through
+  # unscaled, step 2 scales g_2 (and, with momentum, adds mu * g_1).
   n = 4000
   opt = htga_jax.htga(0.1, **OPTIMIZERS[name], window=1, every_k=1, centered=False, sample_size=n)
-  g = {"w": jnp.asarray(ref.student_t(np.random.default_rng(1), 1.5, n), jnp.float32)}
+  rng = np.random.default_rng(1)
+  g1, g2 = (jnp.asarray(ref.student_t(rng, 1.5, n), jnp.float32) for _ in range(2))
   params = {"w": jnp.zeros(n)}
-  u, state = opt.update(g, opt.init(params), params)
-  alpha = ref.hill(np.asarray(g["w"]), round(0.02 * n))
-  lam = ref.power_scale(alpha)
+  u1, state = opt.update({"w": g1}, opt.init(params), params)
+  np.testing.assert_allclose(u1["w"], -0.1 * g1, rtol=1e-6)
+  u2, state = opt.update({"w": g2}, state, params)
+  lam = ref.power_scale(ref.hill(np.asarray(g1), round(0.02 * n)))
+  mu = OPTIMIZERS[name]["momentum"] or 0.0
   np.testing.assert_allclose(optax.tree_utils.tree_get(state, "scale")["w"], lam, rtol=1e-5)
-  np.testing.assert_allclose(u["w"], -0.1 * lam * g["w"], rtol=1e-5)
+  np.testing.assert_allclose(u2["w"], -0.1 * (lam * g2 + mu * g1), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -121,21 +125,22 @@ def test_works_under_multi_steps(name):
 
 def test_htga_adam_scales_adams_step_by_the_multiplier():
   # Reference: Adam on the raw gradients, times lambda estimated (uncentred,
-  # one-step window) by Hill on |g_t|.
+  # one-step window) by Hill on the previous step's |g| (1 on the first step).
   n, lr, b1, b2, eps = 2000, 0.01, 0.9, 0.999, 1e-8
   opt = htga_jax.htga_adam(lr, window=1, every_k=1, centered=False, sample_size=n)
   params = jnp.zeros(n)
   state = opt.init(params)
   m, v = np.zeros(n), np.zeros(n)
   rng = np.random.default_rng(7)
-  for t in range(1, 4):
+  lam = 1.0
+  for t in range(1, 5):
     g = ref.student_t(rng, 1.5, n).astype(np.float32)
     u, state = opt.update(jnp.asarray(g), state, params)
     m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
-    lam = ref.power_scale(ref.hill(g, round(0.02 * n)))
     want = -lr * lam * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
     np.testing.assert_allclose(u, want, rtol=1e-4, atol=1e-7)
     assert float(optax.tree_utils.tree_get(state, "scale")) == pytest.approx(lam, rel=1e-5)
+    lam = ref.power_scale(ref.hill(g, round(0.02 * n)))  # in force from the next step
 
 
 def test_multiplier_before_adam_cancels_when_constant():

@@ -65,11 +65,12 @@ def test_example_help_and_bad_optimizer():
 
 def test_overhead_benchmark_quick_run_prints_ratios(capsys):
   bench = load("benchmarks/overhead.py")
-  bench.main(["--quick"])
+  bench.main(["--quick", "--members", "2"])
   out = capsys.readouterr().out
   assert "device: cpu" in out
-  assert out.count("| full step |") == 2 and out.count("| update only |") == 2
-  assert out.count("implies a full-step ratio") == 2
+  assert out.count("| full step |") == 3 and out.count("| update only |") == 3
+  assert "| MLP x2 under vmap | full step |" in out
+  assert out.count("implies a full-step ratio") == 3
 
 
 def test_ratio_with_ci_on_a_known_case():

@@ -32,6 +32,13 @@ def run_stream(tx, stream, params=None):
   return u, a, s, state
 
 
+def one_more_step(stream):
+  """The stream and one more step (a copy of its last). An estimate is made
+  from the ``window`` steps before the step it is made on, so the estimate
+  from the stream's last window lands on this extra step."""
+  return jax.tree.map(lambda x: np.concatenate([x, x[-1:]]), stream)
+
+
 def t_stream(seed, shape, nu, steps, dtype=np.float32):
   return ref.student_t(np.random.default_rng(seed), nu, (steps, *shape)).astype(dtype)
 
@@ -55,33 +62,33 @@ def test_identity_bit_for_bit_before_first_estimate():
     np.testing.assert_array_equal(a[name], 0.0)
 
 
-def test_estimates_on_the_step_that_fills_the_window_then_every_k():
+def test_estimates_on_the_step_after_the_window_fills_then_every_k():
   window, every_k, steps = 8, 5, 30
   stream = {"w": t_stream(2, (40, 40), 2.0, steps)}
   tx = htga_jax.scale_by_tail_index(window=window, every_k=every_k)
   _, a, s, _ = run_stream(tx, stream)
   alpha = np.asarray(a["w"])
   changed = np.flatnonzero(np.diff(np.concatenate([[0.0], alpha])) != 0) + 1  # 1-based steps
-  np.testing.assert_array_equal(changed, [8, 13, 18, 23, 28])
+  np.testing.assert_array_equal(changed, [9, 14, 19, 24, 29])
   # Scale is held between estimates and follows the multiplier at them.
-  for t in range(window - 1, steps):
+  for t in range(window, steps):
     np.testing.assert_allclose(s["w"][t], ref.power_scale(alpha[t]), rtol=1e-6)
 
 
 @pytest.mark.parametrize("centered", [True, False])
 def test_leaf_estimates_match_numpy_reference(centered):
   # Leaves no larger than sample_size are sampled whole, so the reference can
-  # recompute the estimate from the raw stream: Hill over the last `window`
-  # steps, each coordinate centred by its window median.
-  window, every_k, steps = 16, 6, 22  # estimates at steps 16 and 22
+  # recompute the estimate from the raw stream: Hill over the `window` steps
+  # before the estimate's step, each coordinate centred by its window median.
+  window, every_k, steps = 16, 6, 23  # estimates at steps 17 and 23
   stream = {"a": t_stream(3, (16, 20), 1.5, steps), "b": t_stream(4, (300,), 4.0, steps)}
   tx = htga_jax.scale_by_tail_index(window=window, every_k=every_k, centered=centered)
   _, a, s, _ = run_stream(tx, stream)
   for name, x in stream.items():
     flat = x.reshape(steps, -1)
     k = round(0.02 * window * flat.shape[1])
-    for t in (15, 21):
-      want = ref.window_alpha(flat[t + 1 - window : t + 1], k, centered)
+    for t in (16, 22):  # 0-based
+      want = ref.window_alpha(flat[t - window : t], k, centered)
       np.testing.assert_allclose(a[name][t], want, rtol=1e-4)
       np.testing.assert_allclose(s[name][t], ref.power_scale(want), rtol=1e-4)
 
@@ -90,7 +97,7 @@ def test_global_granularity_pools_all_leaves():
   window, steps = 16, 16
   stream = {"a": t_stream(5, (16, 20), 1.5, steps), "b": t_stream(6, (300,), 4.0, steps)}
   tx = htga_jax.scale_by_tail_index(window=window, granularity="global")
-  _, a, _, _ = run_stream(tx, stream)
+  _, a, _, _ = run_stream(tx, one_more_step(stream))
   centred = [
     x.reshape(steps, -1) - np.median(x.reshape(steps, -1), axis=0, keepdims=True)
     for x in stream.values()
@@ -114,7 +121,7 @@ def test_per_leaf_estimates_recover_different_known_tail_indices():
     "gaussian": mean + rng.standard_normal((steps, *shape)),
   }
   stream = jax.tree.map(lambda x: x.astype(np.float32), stream)
-  _, a, _, _ = run_stream(htga_jax.scale_by_tail_index(), stream)
+  _, a, _, _ = run_stream(htga_jax.scale_by_tail_index(), one_more_step(stream))
   est = {name: float(v[-1]) for name, v in a.items()}
   k = round(0.02 * 32 * 512)
   # Centring by a 32-step median inflates the spread of the estimate by ~1.2x
@@ -132,6 +139,7 @@ def test_centring_measures_the_noise_not_the_mean_gradient():
   steps, n = 32, 4096
   mean = ref.symmetric_pareto(rng, 1.0, n)
   stream = {"w": (mean + rng.standard_normal((steps, n))).astype(np.float32)}
+  stream = one_more_step(stream)
   _, centred, _, _ = run_stream(htga_jax.scale_by_tail_index(), stream)
   _, raw, _, _ = run_stream(htga_jax.scale_by_tail_index(centered=False), stream)
   assert float(centred["w"][-1]) > 5.0
@@ -163,7 +171,7 @@ def test_large_leaf_is_sampled_on_a_fixed_subset():
 def test_multiplier_is_clamped(kwargs, law, expected):
   rng = np.random.default_rng(8)
   x = ref.student_t(rng, law, (8, 2000)) if law else rng.standard_normal((8, 2000))
-  stream = {"w": x.astype(np.float32)}
+  stream = one_more_step({"w": x.astype(np.float32)})
   u, _, s, _ = run_stream(htga_jax.scale_by_tail_index(window=8, **kwargs), stream)
   assert float(s["w"][-1]) == pytest.approx(expected, rel=1e-6)
   np.testing.assert_allclose(u["w"][-1], stream["w"][-1] * expected, rtol=1e-6)
@@ -178,7 +186,7 @@ def test_multiplier_is_clamped(kwargs, law, expected):
   ],
 )
 def test_multiplier_families(kwargs, formula):
-  stream = {"w": t_stream(9, (2000,), 2.0, 8)}
+  stream = one_more_step({"w": t_stream(9, (2000,), 2.0, 8)})
   tx = htga_jax.scale_by_tail_index(window=8, min_scale=1e-3, max_scale=1e3, **kwargs)
   _, a, s, _ = run_stream(tx, stream)
   alpha = float(a["w"][-1])
@@ -188,7 +196,7 @@ def test_multiplier_families(kwargs, formula):
 
 def test_leaf_too_small_for_min_k_is_left_unscaled():
   # window 16 x 3 coordinates = 48 values: k = 1 < min_k, no estimate.
-  stream = {"big": t_stream(10, (500,), 1.5, 16), "tiny": t_stream(11, (3,), 1.5, 16)}
+  stream = {"big": t_stream(10, (500,), 1.5, 17), "tiny": t_stream(11, (3,), 1.5, 17)}
   u, a, s, _ = run_stream(htga_jax.scale_by_tail_index(window=16), stream)
   assert float(a["big"][-1]) > 0 and float(s["big"][-1]) != 1.0
   assert float(a["tiny"][-1]) == 0.0 and float(s["tiny"][-1]) == 1.0
@@ -200,7 +208,7 @@ def test_leaf_too_small_for_min_k_is_left_unscaled():
 
 def test_int_k_is_a_count_capped_for_small_leaves():
   stream = {"w": t_stream(12, (100,), 2.0, 8), "v": t_stream(13, (4,), 2.0, 8)}
-  _, a, _, _ = run_stream(htga_jax.scale_by_tail_index(window=8, k=50), stream)
+  _, a, _, _ = run_stream(htga_jax.scale_by_tail_index(window=8, k=50), one_more_step(stream))
   np.testing.assert_allclose(a["w"][-1], ref.window_alpha(stream["w"], 50), rtol=1e-4)
   # 8 x 4 = 32 values: k capped at 31 (>= min_k, so estimated).
   np.testing.assert_allclose(a["v"][-1], ref.window_alpha(stream["v"], 31), rtol=1e-4)
@@ -237,15 +245,15 @@ def test_whole_nan_step_leaves_buffer_unchanged():
 
 
 def test_nan_estimate_keeps_previous_alpha_and_scale():
-  # Heavy noise fills the first window (estimate at step 8), then zero
-  # gradients fill the next (step 18): nothing usable, so the estimate is NaN
-  # and alpha/scale from step 8 are kept.
-  x = t_stream(16, (500,), 1.5, 18)
+  # Heavy noise fills the first window (estimate at step 9), then zero
+  # gradients fill the next (steps 11-18, estimate at step 19): nothing
+  # usable, so the estimate is NaN and alpha/scale from step 9 are kept.
+  x = t_stream(16, (500,), 1.5, 19)
   x[10:] = 0.0
   _, a, s, _ = run_stream(htga_jax.scale_by_tail_index(window=8, every_k=10), {"w": x})
-  assert float(a["w"][7]) > 0
-  assert float(a["w"][-1]) == float(a["w"][7])
-  assert float(s["w"][-1]) == float(s["w"][7])
+  assert float(a["w"][8]) > 0
+  assert float(a["w"][-1]) == float(a["w"][8])
+  assert float(s["w"][-1]) == float(s["w"][8])
 
 
 def test_all_zero_gradients_stay_identity():
@@ -260,7 +268,8 @@ def test_all_zero_gradients_stay_identity():
 def test_update_dtype_preserved_estimation_in_float32(dtype):
   x32 = t_stream(17, (1000,), 2.0, 8)
   stream = {"w": x32.astype(dtype)}
-  u, a, s, state = run_stream(htga_jax.scale_by_tail_index(window=8, sample_size=1000), stream)
+  tx = htga_jax.scale_by_tail_index(window=8, sample_size=1000)
+  u, a, s, state = run_stream(tx, one_more_step(stream))
   assert u["w"].dtype == dtype
   assert state.buffer.dtype == jnp.float32
   assert a["w"].dtype == jnp.float32 and s["w"].dtype == jnp.float32
@@ -507,8 +516,8 @@ def test_masked_estimates_only_unmasked_leaves():
   params = {"kernel": jnp.zeros((20, 30)), "bias": jnp.zeros(30)}
   tx = optax.masked(htga_jax.scale_by_tail_index(window=4), {"kernel": True, "bias": False})
   state = tx.init(params)
-  stream = {k: t_stream(28 + i, p.shape, 1.5, 4) for i, (k, p) in enumerate(params.items())}
-  for t in range(4):
+  stream = {k: t_stream(28 + i, p.shape, 1.5, 5) for i, (k, p) in enumerate(params.items())}
+  for t in range(5):
     g = {k: jnp.asarray(v[t]) for k, v in stream.items()}
     u, state = jax.jit(tx.update)(g, state, params)
   alpha = tree_get(state, "alpha")
@@ -633,7 +642,7 @@ def test_estimator_by_name_matches_reference_on_the_window(estimator):
   window, steps = 16, 16
   stream = {"a": t_stream(40, (16, 20), 1.5, steps)}
   tx = htga_jax.scale_by_tail_index(window=window, estimator=estimator, k=0.05)
-  _, a, _, _ = run_stream(tx, stream)
+  _, a, _, _ = run_stream(tx, one_more_step(stream))
   x = stream["a"].reshape(steps, -1)
   centred = x - np.median(x, axis=0, keepdims=True)
   k = round(0.05 * centred.size)
@@ -647,7 +656,7 @@ def test_stable_estimator_uses_block_sums_over_the_window():
   rng = np.random.default_rng(41)
   x = ref.stable(rng, 1.3, (window, 400)).astype(np.float32)
   tx = htga_jax.scale_by_tail_index(window=window, estimator="stable", centered=False)
-  _, a, _, _ = run_stream(tx, {"w": x})
+  _, a, _, _ = run_stream(tx, one_more_step({"w": x}))
   y = x.reshape(4, 4, 400).sum(axis=1)
   want = 1 / ((np.mean(np.log(np.abs(y))) - np.mean(np.log(np.abs(x)))) / np.log(4))
   np.testing.assert_allclose(a["w"][-1], want, rtol=1e-4)
@@ -661,19 +670,21 @@ def test_per_example_source_estimates_from_the_norms_it_is_given():
   tx = htga_jax.scale_by_tail_index(source="per_example", window=window, sample_size=batch, k=0.1)
   state = tx.init(params)
   step = jax.jit(tx.update)
-  norms = ref.symmetric_pareto(rng, 1.5, (window, 2, batch))
+  # One more step than the window: the estimate on step window + 1 uses the
+  # window before it (the last step's norms are written after it).
+  norms = ref.symmetric_pareto(rng, 1.5, (window + 1, 2, batch))
   norms = np.abs(norms).astype(np.float32)
-  for t in range(window):
+  for t in range(window + 1):
     given = {"w": jnp.asarray(norms[t, 0]), "b": jnp.asarray(norms[t, 1])}
     _, state = step(params, state, per_example_norms=given)
   k = round(0.1 * window * batch)
-  np.testing.assert_allclose(state.alpha["w"], ref.hill(norms[:, 0], k), rtol=1e-4)
-  np.testing.assert_allclose(state.alpha["b"], ref.hill(norms[:, 1], k), rtol=1e-4)
+  np.testing.assert_allclose(state.alpha["w"], ref.hill(norms[:window, 0], k), rtol=1e-4)
+  np.testing.assert_allclose(state.alpha["b"], ref.hill(norms[:window, 1], k), rtol=1e-4)
   # One (batch,) array serves every leaf; a smaller batch is zero-padded.
   state = tx.init(params)
-  for t in range(window):
+  for t in range(window + 1):
     _, state = step(params, state, per_example_norms=jnp.asarray(norms[t, 0, :50]))
-  want = ref.hill(norms[:, 0, :50], round(0.1 * window * 50))
+  want = ref.hill(norms[:window, 0, :50], round(0.1 * window * 50))
   np.testing.assert_allclose(state.alpha["w"], want, rtol=1e-4)
   np.testing.assert_allclose(state.alpha["b"], want, rtol=1e-4)
 
@@ -686,7 +697,7 @@ def test_per_example_source_end_to_end_with_the_helper_matches_a_loop():
       "x": jnp.asarray(ref.student_t(rng, 2.0, (32, 4)), jnp.float32),
       "y": jnp.asarray(rng.integers(0, 3, 32)),
     }
-    for _ in range(2)
+    for _ in range(3)  # the third step estimates from the first two
   ]
 
   def loss(p, b):
@@ -698,14 +709,14 @@ def test_per_example_source_end_to_end_with_the_helper_matches_a_loop():
     optax.sgd(0.1),
   )
   state = opt.init(params)
-  loop = []
   for batch in batches:  # the chain passes per_example_norms through as an extra arg
     grads, norms = htga_jax.per_example_grad_norms(loss, params, batch)
     _, state = opt.update(grads, state, params, per_example_norms=norms)
-    loop += [
-      np.linalg.norm(jax.grad(loss)(params, jax.tree.map(lambda a, i=i: a[i : i + 1], batch))["w"])
-      for i in range(32)
-    ]
+  loop = [
+    np.linalg.norm(jax.grad(loss)(params, jax.tree.map(lambda a, i=i: a[i : i + 1], batch))["w"])
+    for batch in batches[:2]
+    for i in range(32)
+  ]
   want = ref.hill(np.asarray(loop), round(0.2 * 64))
   np.testing.assert_allclose(optax.tree_utils.tree_get(state, "alpha")["w"], want, rtol=1e-4)
 
