@@ -20,10 +20,8 @@ How the estimate is formed, per parameter leaf:
     applied to the magnitudes of all ``window x sample`` centred values of the
     leaf; all leaves are estimated in one batched ``top_k`` over the stacked
     buffer. The estimate uses the ``window`` steps before the current one, so
-    it depends only on the state, not on this step's gradient: it is off the
-    critical path between the backward pass and the update (measured: the
-    CNN step of ``benchmarks/overhead.py`` went from 1.07-1.08x to about
-    1.03x of SGD's);
+    it depends only on the state, not on this step's gradient: nothing in it
+    waits for the backward pass, and the update waits only for it;
   * between estimates the multiplier is held.
 """
 

@@ -80,3 +80,13 @@ def test_ratio_with_ci_on_a_known_case():
   )
   assert ratio == pytest.approx(2.0)
   assert lo <= 2.0 <= hi and hi - lo < 0.5
+
+
+def test_study_cost_benchmark_quick_run_separates_sampling_and_estimation(capsys):
+  bench = load("benchmarks/study_cost.py")
+  bench.main(["--quick"])
+  out = capsys.readouterr().out
+  assert "device: cpu" in out
+  for variant in ("| sgd |", "| htga |", "| htga, no estimate |"):
+    assert variant in out
+  assert "Implied cost of one re-estimation" in out

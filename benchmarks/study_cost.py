@@ -1,0 +1,126 @@
+"""Where HTGA's cost goes in the study's own vmapped training programs.
+
+Builds the compiled training chunk that ``htga-study`` runs (``Trainer`` of
+``htga_jax.experiments.grid``: several models side by side under
+``jax.vmap``, ``lax.scan`` over steps, HTGA with ``every_k=50`` and
+``batch_axis_name``) for SGD, HTGA, and HTGA with its re-estimation switched
+off (``every_k`` beyond the run), and times chunks of them interleaved. The
+report gives the median time per model-step and each variant's ratio to SGD
+with a paired-bootstrap 95% interval: HTGA against "HTGA, no estimate"
+isolates the cost of the re-estimation; "HTGA, no estimate" against SGD the
+cost of the per-step sampling.
+
+    python benchmarks/study_cost.py                 # mnist1d, 5 models
+    python benchmarks/study_cost.py --task charlm   # the character LM
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import htga_jax
+from htga_jax.experiments import grid, study
+from htga_jax.experiments.registry import AXIS, STUDY_OPTIMIZERS
+from htga_jax.experiments.tasks import TASKS
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from overhead import ratio_with_ci  # noqa: E402  (the sibling benchmark's paired bootstrap)
+
+
+def variants() -> dict:
+  """The study's SGD and HTGA specs, and HTGA that never re-estimates."""
+  htga = STUDY_OPTIMIZERS["htga"]
+  no_estimate = functools.partial(htga_jax.htga, every_k=2**30, batch_axis_name=AXIS)
+  return {
+    "sgd": STUDY_OPTIMIZERS["sgd"],
+    "htga": htga,
+    "htga, no estimate": dataclasses.replace(htga, factory=no_estimate),
+  }
+
+
+def measure(task_name: str, members: int, rounds: int, steps: int | None, seed: int) -> dict:
+  """Median seconds per model-step per variant, over interleaved rounds."""
+  cfg = study.StudyConfig()
+  task = cfg.task(task_name)
+  if steps:
+    task = dataclasses.replace(task, eval_every=steps)
+  dataset = TASKS[task_name].load(None)
+  programs = grid.TaskPrograms(task, dataset)
+  prep = grid.prepare(
+    task, dataset, 1.0, data_seed=cfg.data_seed, val_fraction=cfg.val_fraction, label_noise=0.0
+  )
+  seeds = jnp.arange(members, dtype=jnp.int32)
+  n_train = jnp.asarray(prep.n_train, jnp.int32)
+  trainers, carries = {}, {}
+  for name, spec in variants().items():
+    trainer = grid.Trainer(programs, spec, 10 * task.eval_every, cfg.noise, measure=False)
+    knob = spec.knob_grid[0] if spec.knob else 0.0
+    params = programs.init_params(list(range(members)))
+    state = trainer._init_state(
+      params, jnp.full(members, 0.1, jnp.float32), jnp.full(members, knob, jnp.float32)
+    )
+    params, state, loss = trainer._chunk(params, state, seeds, 0, prep.arrays, n_train)
+    jax.block_until_ready(loss)  # compiled
+    trainers[name], carries[name] = trainer, (params, state)
+  times = {name: [] for name in trainers}
+  order = np.random.default_rng(seed)
+  for r in range(rounds):
+    for name in order.permutation(list(trainers)):
+      trainer, (params, state) = trainers[name], carries[name]
+      start = time.perf_counter()
+      t0 = (r + 1) * trainer.eval_every
+      params, state, loss = trainer._chunk(params, state, seeds, t0, prep.arrays, n_train)
+      jax.block_until_ready(loss)
+      times[name].append((time.perf_counter() - start) / trainer.eval_every / members)
+      carries[name] = (params, state)
+  return {"task": task_name, "members": members, "steps": task.eval_every, "times": times}
+
+
+def print_report(result: dict, seed: int) -> None:
+  times = result["times"]
+  print(
+    f"task {result['task']}: {result['members']} models under vmap, "
+    f"chunks of {result['steps']} steps, HTGA every_k=50\n"
+  )
+  print("| variant | us per model-step | / SGD [95% CI] | / HTGA, no estimate [95% CI] |")
+  print("|---|---:|---|---|")
+  fmt = lambda r: f"{r[0]:.3f} [{r[1][0]:.3f}, {r[1][1]:.3f}]"
+  for name, ts in times.items():
+    print(
+      f"| {name} | {np.median(ts) * 1e6:.1f} | {fmt(ratio_with_ci(ts, times['sgd'], seed))} | "
+      f"{fmt(ratio_with_ci(ts, times['htga, no estimate'], seed))} |"
+    )
+  per_estimate = (np.median(times["htga"]) - np.median(times["htga, no estimate"])) * 50
+  print(
+    f"\nImplied cost of one re-estimation: {per_estimate * 1e3:.2f} ms per model "
+    "(the HTGA - no-estimate difference per model-step, times every_k = 50)."
+  )
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--task", default="mnist1d", choices=["mnist1d", "digits", "charlm"])
+  parser.add_argument("--members", type=int, default=5, help="models under vmap (default 5)")
+  parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+  parser.add_argument("--steps", type=int, default=None, help="steps per chunk (task default)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 50 steps")
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.rounds, args.steps, args.members = 2, 50, 2
+  dev = jax.devices()[0]
+  print(f"device: {dev.platform} / {dev.device_kind}, jax {jax.__version__}")
+  print_report(measure(args.task, args.members, args.rounds, args.steps, args.seed), args.seed)
+
+
+if __name__ == "__main__":
+  main()
