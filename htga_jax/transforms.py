@@ -20,8 +20,8 @@ How the estimate is formed, per parameter leaf:
     applied to the magnitudes of all ``window x sample`` centred values of the
     leaf; all leaves are estimated in one batched ``top_k`` over the stacked
     buffer. The estimate uses the ``window`` steps before the current one, so
-    it depends only on the state, not on this step's gradient: nothing in it
-    waits for the backward pass, and the update waits only for it;
+    it depends only on the state, not on this step's gradient, and need not
+    wait for the backward pass;
   * between estimates the multiplier is held.
 """
 

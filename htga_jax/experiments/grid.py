@@ -245,13 +245,8 @@ class TaskPrograms:
 
   def evaluate_split(self, params, chunks) -> tuple[np.ndarray, np.ndarray]:
     """Mean loss and mean accuracy per model over all chunks of a split."""
-    totals = [np.asarray(v, np.float64) for v in self.evaluate(params, *chunks[0])]
-    for c in chunks[1:]:
-      totals = [
-        t + np.asarray(v, np.float64)
-        for t, v in zip(totals, self.evaluate(params, *c), strict=True)
-      ]
-    loss, correct, weight = totals
+    parts = [[np.asarray(v, np.float64) for v in self.evaluate(params, *c)] for c in chunks]
+    loss, correct, weight = (sum(p) for p in zip(*parts, strict=True))
     return loss / weight, correct / weight
 
 
