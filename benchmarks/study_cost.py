@@ -2,7 +2,7 @@
 
 Builds the compiled training chunk that ``htga-study`` runs (``Trainer`` of
 ``htga_jax.experiments.grid``: several models side by side under
-``jax.vmap``, ``lax.scan`` over steps, HTGA with ``every_k=50`` and
+``jax.vmap``, ``lax.scan`` over steps, HTGA with the study's ``every_k`` and
 ``batch_axis_name``) for SGD, HTGA, and HTGA with its re-estimation switched
 off (``every_k`` beyond the run), and times chunks of them interleaved. The
 report gives the median time per model-step and each variant's ratio to SGD
@@ -29,7 +29,7 @@ import numpy as np
 
 import htga_jax
 from htga_jax.experiments import grid, study
-from htga_jax.experiments.registry import AXIS, STUDY_OPTIMIZERS
+from htga_jax.experiments.registry import AXIS, HTGA_EVERY_K, STUDY_OPTIMIZERS
 from htga_jax.experiments.tasks import TASKS
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -89,7 +89,7 @@ def print_report(result: dict, seed: int) -> None:
   times = result["times"]
   print(
     f"task {result['task']}: {result['members']} models under vmap, "
-    f"chunks of {result['steps']} steps, HTGA every_k=50\n"
+    f"chunks of {result['steps']} steps, HTGA every_k={HTGA_EVERY_K}\n"
   )
   print("| variant | us per model-step | / SGD [95% CI] | / HTGA, no estimate [95% CI] |")
   print("|---|---:|---|---|")
@@ -99,10 +99,11 @@ def print_report(result: dict, seed: int) -> None:
       f"| {name} | {np.median(ts) * 1e6:.1f} | {fmt(ratio_with_ci(ts, times['sgd'], seed))} | "
       f"{fmt(ratio_with_ci(ts, times['htga, no estimate'], seed))} |"
     )
-  per_estimate = (np.median(times["htga"]) - np.median(times["htga, no estimate"])) * 50
+  per_step = np.median(times["htga"]) - np.median(times["htga, no estimate"])
+  per_estimate = per_step * HTGA_EVERY_K
   print(
     f"\nImplied cost of one re-estimation: {per_estimate * 1e3:.2f} ms per model "
-    "(the HTGA - no-estimate difference per model-step, times every_k = 50)."
+    f"(the HTGA - no-estimate difference per model-step, times every_k = {HTGA_EVERY_K})."
   )
 
 

@@ -16,15 +16,17 @@ import optax
 
 from htga_jax import baselines, optimizers
 
-__all__ = ["AXIS", "OptimizerSpec", "STUDY_OPTIMIZERS"]
+__all__ = ["AXIS", "HTGA_EVERY_K", "OptimizerSpec", "STUDY_OPTIMIZERS"]
 
 #: Name of the vmapped axis the study trains models along (HTGA uses it to
 #: keep its estimate a real branch: ``scale_by_tail_index(batch_axis_name=...)``).
 AXIS = "models"
 
-# HTGA in the study: re-estimate every 50 steps (runs are short), and keep the
-# estimate a branch under vmap.
-_HTGA_STATIC = dict(every_k=50, batch_axis_name=AXIS)
+#: HTGA in the study re-estimates every 50 steps (runs are short).
+HTGA_EVERY_K = 50
+
+# ...and keeps its estimate a branch under vmap.
+_HTGA_STATIC = dict(every_k=HTGA_EVERY_K, batch_axis_name=AXIS)
 
 
 @dataclasses.dataclass(frozen=True)
