@@ -12,8 +12,8 @@ state are donated, as in a real training loop. Also prints HTGA's
 optimizer-state size next to the params'. A second, separately compiled SGD
 (the A/A column) measures the machine's noise floor. The last row trains
 ``--members`` copies of the MLP side by side under ``jax.vmap`` (several seeds
-at once, as ``htga-study`` does), with ``batch_axis_name`` set so that HTGA's
-estimate stays a branch; its times are per vmapped step of all members.
+at once, as ``htga-study`` does); its times are per vmapped step of all
+members.
 
     python benchmarks/overhead.py            # full run
     python benchmarks/overhead.py --quick    # smoke run, seconds
@@ -62,16 +62,13 @@ def nbytes(tree) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-MEMBERS_AXIS = "members"
-
-
 def build(
   model: nnx.Module, tx: optax.GradientTransformation, batch: int, seed: int, members: int = 0
 ):
   """Returns (full_step, update_only, carry) for one model and optimizer.
 
   With ``members > 0`` the steps run that many copies side by side under
-  ``jax.vmap`` over the named axis ``MEMBERS_AXIS``.
+  ``jax.vmap``.
   """
   graphdef, params = nnx.split(model, nnx.Param)
   rng = np.random.default_rng(seed)
@@ -95,7 +92,7 @@ def build(
   copy = lambda t: jax.tree.map(jnp.array, t)  # donation consumes buffers
   stack = lambda t: jax.tree.map(lambda x: jnp.stack([x] * members), t)
   wrap = copy if not members else stack
-  vm = jit if not members else lambda f: jit(jax.vmap(f, axis_name=MEMBERS_AXIS))
+  vm = jit if not members else lambda f: jit(jax.vmap(f))
   init = tx.init if not members else jax.vmap(tx.init)
   # Gradients are an argument, not a closed-over constant, so XLA cannot
   # fold them into the update at compile time.
@@ -131,11 +128,10 @@ def ratio_with_ci(htga: list[float], sgd: list[float], seed: int, resamples: int
 def benchmark(name: str, make_model: Callable, args, members: int = 0) -> list[dict]:
   # "sgd (A/A)" is a second, separately compiled SGD: its ratio to "sgd" is
   # the noise floor of this machine, against which HTGA's ratio is read.
-  axis = MEMBERS_AXIS if members else None
   optimizers = {
     "sgd": optax.sgd(args.lr),
     "sgd (A/A)": optax.sgd(args.lr),
-    "htga": htga_jax.htga(args.lr, every_k=args.every_k, batch_axis_name=axis),
+    "htga": htga_jax.htga(args.lr, every_k=args.every_k),
   }
   order_rng = np.random.default_rng(args.seed)
   rows = []

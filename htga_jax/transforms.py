@@ -10,10 +10,12 @@ so that heavier tails (alpha_hat < alpha_target) amplify the step and lighter
 tails shrink it.
 
 How the estimate is formed, per parameter leaf:
-  * every step, a fixed subset of at most ``sample_size`` coordinates of the
-    leaf's update is written (in float32) into row ``t % window`` of a ring
-    buffer, so the state costs ``leaves x window x sample_size`` floats however
-    large the leaves are;
+  * on step ``t``, a fixed subset of at most ``sample_size`` coordinates of
+    the leaf's update is written (in float32) into row ``t % window`` of a
+    ring buffer, so the state costs ``leaves x window x sample_size`` floats
+    however large the leaves are. Only the ``window`` steps before each
+    estimate are written (every step when ``every_k <= window``): the others
+    would be overwritten before anything read them;
   * on the first step after the window has filled, and every ``every_k``
     steps after that, each coordinate is centred by its median over the window
     (the noise around the recent typical gradient), and the Hill estimator is
@@ -74,8 +76,9 @@ class ScaleByTailIndexState(NamedTuple):
 
   count: jax.Array  # shape=(), dtype=int32. Updates seen so far (saturating).
   buffer: jax.Array  # shape=(leaves, window, width), dtype=float32. Ring buffer
-  # of sampled update coordinates; step t is row t % window; width is the
-  # largest per-leaf sample (<= sample_size); shorter leaves are zero-padded.
+  # of sampled update coordinates; step t is row t % window (written only on
+  # the `window` steps before an estimate); width is the largest per-leaf
+  # sample (<= sample_size); shorter leaves are zero-padded.
   alpha: Any  # params structure, one float32 scalar per leaf. Latest finite
   # tail-index estimate; 0 until the first one (a tail index is never 0).
   scale: Any  # params structure, one float32 scalar per leaf. Multiplier in
@@ -175,6 +178,16 @@ def _stable_by_time_blocks(samples: jax.Array, real: np.ndarray, min_k: int, poo
   inv_alpha = (mean_y - mean_x) / np.log(k1)
   ok = (inv_alpha > 0) & (n_y >= min_k)
   return jnp.where(ok, 1.0 / jnp.where(ok, inv_alpha, 1.0), jnp.nan)
+
+
+def _at_most_once(pred: jax.Array, fn, *carry):
+  """``fn(*carry)`` if ``pred`` else ``carry``: a ``while_loop`` of 0 or 1 trips.
+
+  Unlike ``lax.cond``, the loop updates its carry in place, and stays a loop
+  under ``jax.vmap`` (run if any member's ``pred`` holds).
+  """
+  body = lambda c: (jnp.zeros_like(c[0]), *fn(*c[1:]))
+  return jax.lax.while_loop(lambda c: c[0], body, (pred, *carry))[1:]
 
 
 # ----------------------------------------------------------------------------
@@ -302,14 +315,13 @@ def scale_by_tail_index(
       Memory: the buffer is ``leaves x window x sample_size`` floats as
       before; computing the norms costs what ``jax.vmap(jax.grad(...))``
       costs, ``batch x params`` floats (less with its ``chunk_size``).
-    batch_axis_name: name of a ``jax.vmap`` (or ``pmap``) axis over which
-      several optimizer states step in lockstep, e.g. seeds trained together.
-      Under ``vmap`` the estimate's ``lax.cond`` would become a select and the
-      estimate would run on every step; with the axis named, the predicate is
-      reduced over it (``lax.pmax``) and stays a real branch, so the estimate
-      runs only on due steps. Each member still uses its own predicate, so
-      results equal separate runs. Use the name given to ``jax.vmap(...,
-      axis_name=...)``; calling ``update`` outside that axis is then an error.
+    batch_axis_name: optional name of a ``jax.vmap`` (or ``pmap``) axis over
+      which several optimizer states step in lockstep, e.g. seeds trained
+      together. Not needed for speed: the estimate sits in a loop that stays a
+      loop under ``vmap`` either way (see Cost). With the axis named, the
+      "estimate due" predicate is reduced over it explicitly (``lax.pmax``);
+      each member still keeps its own result, so results equal separate
+      runs. Calling ``update`` outside that axis is then an error.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -320,12 +332,15 @@ def scale_by_tail_index(
     >>> import optax, htga_jax
     >>> opt = optax.chain(htga_jax.scale_by_tail_index(), optax.sgd(0.1))
 
-  Cost: per step, a gather of ``<= sample_size`` coordinates per leaf and one
-  write into the buffer; every ``every_k`` steps, a median over the window and
-  a ``top_k`` over ``window x sample`` values per leaf. Under ``jax.vmap`` of
-  the optimizer state (several seeds at once) the estimate's ``lax.cond``
-  becomes a select, so the estimation runs, and is discarded, on every step,
-  unless ``batch_axis_name`` names the vmapped axis.
+  Cost: on the ``window`` steps before each estimate, a gather of ``<=
+  sample_size`` coordinates per leaf and one in-place write into the buffer
+  (the buffer is never copied when the state is donated); every ``every_k``
+  steps, a median over the window and a ``top_k`` over ``window x sample``
+  values per leaf; on every step, the multiply. Both the write and the
+  estimate run in ``lax.while_loop``\ s of zero or one trips rather than
+  behind ``lax.cond``: under ``jax.vmap`` of the optimizer state (several
+  seeds at once) a cond becomes a select that runs on every step, while the
+  loops run only on steps where some member needs them.
 
   References:
     Hill, "A simple general approach to inference about the tail of a
@@ -461,10 +476,11 @@ def scale_by_tail_index(
         f"for {num_leaves}; init and update must see the same tree"
       )
     if source == "per_example":
-      row, counts = _per_example_rows(per_example_norms, treedef, num_leaves, width)
+      rows, counts = _per_example_rows(per_example_norms, treedef, num_leaves, width)
+      this_row = lambda: rows
     else:
       counts = np.minimum(np.asarray(_leaf_sizes(leaves)), width)
-      row = jnp.stack([_gather_row(x, width, seed, i) for i, x in enumerate(leaves)])
+      this_row = lambda: jnp.stack([_gather_row(x, width, seed, i) for i, x in enumerate(leaves)])
 
     if not np.any(k_rows(counts, win) >= min_k):  # trace time: once per compilation
       warnings.warn(
@@ -476,15 +492,9 @@ def scale_by_tail_index(
         stacklevel=2,
       )
 
-    # Write this step's sample; non-finite values keep the slot's value.
-    slot = state.count % win
-    old = jax.lax.dynamic_index_in_dim(state.buffer, slot, axis=1, keepdims=False)
-    row = jnp.where(jnp.isfinite(row), row, old)
-    buffer = jax.lax.dynamic_update_index_in_dim(state.buffer, row, slot, axis=1)
-
     def refresh(buf, alpha, scale):
       # Leaves are stacked and unstacked only here: on the other steps the
-      # per-leaf scalars pass through the cond untouched (no per-leaf ops).
+      # per-leaf scalars pass through the loop untouched (no per-leaf ops).
       alpha, scale = jnp.stack(alpha), jnp.stack(scale)
       new_alpha = estimate(buf, counts)
       new_scale = _multiplier(
@@ -497,21 +507,54 @@ def scale_by_tail_index(
     # count is the number of updates seen including this one. The estimate
     # reads the buffer as it was before this step's write: it depends on the
     # state only, so it can run while the gradients are still being computed.
+    # Only the `win` steps before each estimate are recorded: the others would
+    # be overwritten unread (steps until the next estimate: `gap`).
     due = (count > win) & ((count - win - 1) % every_k == 0)
-    hold = lambda buf, alpha, scale: (alpha, scale)
-    operands = (state.buffer, jax.tree.leaves(state.alpha), jax.tree.leaves(state.scale))
+    gap = (win + 1 - count) % every_k
+    record = jnp.where(gap == 0, every_k, gap) <= win
     if batch_axis_name is None:
-      alpha, scale = jax.lax.cond(due, refresh, hold, *operands)
+      estimate_now, record_now = due, record
+      body = refresh
     else:
-      # Reduced over the named axis, the predicate is unbatched, so the cond
-      # stays a branch under vmap; each member then keeps its own result.
-      any_due = jax.lax.pmax(due.astype(jnp.int32), batch_axis_name) > 0
+      # Reduced over the named axis, the predicates are unbatched, so each
+      # loop runs once for all members. Each member keeps its own estimate;
+      # a member that records a step it did not need loses nothing.
+      any_over_axis = lambda p: jax.lax.pmax(p.astype(jnp.int32), batch_axis_name) > 0
+      estimate_now, record_now = any_over_axis(due), any_over_axis(record)
 
-      def refresh_if_due(buf, alpha, scale):
-        new = refresh(buf, alpha, scale)
-        return jax.tree.map(lambda n, o: jnp.where(due, n, o), new, (alpha, scale))
+      def body(buf, alpha, scale):
+        new_alpha, new_scale = refresh(buf, alpha, scale)
+        keep = lambda new, old: [jnp.where(due, n, o) for n, o in zip(new, old, strict=True)]
+        return keep(new_alpha, alpha), keep(new_scale, scale)
 
-      alpha, scale = jax.lax.cond(any_due, refresh_if_due, hold, *operands)
+    # Both the estimate and the write run in loops of zero or one trips, not
+    # behind lax.cond: a loop's carry is updated in place, where XLA copies
+    # the whole buffer twice per step around a cond that reads the buffer
+    # this step overwrites (more than all else HTGA does per step). The
+    # estimate's loop rewrites the slot's own row, a no-op XLA cannot prove
+    # to be one, so its buffer output is not forwarded past it and the write
+    # stays ordered after it, in place. Under jax.vmap a batched predicate
+    # keeps a loop a loop (run if any member needs it), where a cond would
+    # become a select that estimates on every step.
+    slot = state.count % win
+    old = jax.lax.dynamic_index_in_dim(state.buffer, slot, axis=1, keepdims=False)
+
+    def estimate_and_keep_order(buf, alpha, scale):
+      alpha, scale = body(buf, alpha, scale)
+      return jax.lax.dynamic_update_index_in_dim(buf, old, slot, axis=1), alpha, scale
+
+    def write(buf):
+      # Non-finite values keep the slot's value (read here, from this loop's
+      # input: a read of state.buffer would keep it alive and force copies).
+      row, old = this_row(), jax.lax.dynamic_index_in_dim(buf, slot, axis=1, keepdims=False)
+      row = jnp.where(jnp.isfinite(row), row, old)
+      return (jax.lax.dynamic_update_index_in_dim(buf, row, slot, axis=1),)
+
+    alpha, scale = jax.tree.leaves(state.alpha), jax.tree.leaves(state.scale)
+    buffer, alpha, scale = _at_most_once(
+      estimate_now, estimate_and_keep_order, state.buffer, alpha, scale
+    )
+    (buffer,) = _at_most_once(record_now, write, buffer)
 
     scaled = [x * s.astype(x.dtype) for x, s in zip(leaves, scale, strict=True)]
     new_updates = treedef.unflatten(scaled)

@@ -75,22 +75,42 @@ def test_estimates_on_the_step_after_the_window_fills_then_every_k():
     np.testing.assert_allclose(s["w"][t], ref.power_scale(alpha[t]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("centered", [True, False])
-def test_leaf_estimates_match_numpy_reference(centered):
+@pytest.mark.parametrize(
+  "centered, every_k, steps",
+  [(True, 6, 23), (False, 6, 23), (True, 40, 57)],  # every_k > window: steps skipped
+)
+def test_leaf_estimates_match_numpy_reference(centered, every_k, steps):
   # Leaves no larger than sample_size are sampled whole, so the reference can
   # recompute the estimate from the raw stream: Hill over the `window` steps
   # before the estimate's step, each coordinate centred by its window median.
-  window, every_k, steps = 16, 6, 23  # estimates at steps 17 and 23
+  window = 16  # estimates at steps 17 and 17 + every_k (1-based)
   stream = {"a": t_stream(3, (16, 20), 1.5, steps), "b": t_stream(4, (300,), 4.0, steps)}
   tx = htga_jax.scale_by_tail_index(window=window, every_k=every_k, centered=centered)
   _, a, s, _ = run_stream(tx, stream)
   for name, x in stream.items():
     flat = x.reshape(steps, -1)
     k = round(0.02 * window * flat.shape[1])
-    for t in (16, 22):  # 0-based
+    for t in (16, 16 + every_k):  # 0-based
       want = ref.window_alpha(flat[t - window : t], k, centered)
       np.testing.assert_allclose(a[name][t], want, rtol=1e-4)
       np.testing.assert_allclose(s[name][t], ref.power_scale(want), rtol=1e-4)
+
+
+def test_only_the_window_before_each_estimate_is_recorded():
+  # window=4, every_k=10: estimates on steps 5, 15, 25 (1-based), each from
+  # the 4 steps before it. Steps 5-10 are never read, so never written: the
+  # buffer after step 10 is the buffer after step 4. Steps 11-14 are.
+  window, every_k = 4, 10
+  tx = htga_jax.scale_by_tail_index(window=window, every_k=every_k, min_k=1)
+  stream = {"w": t_stream(30, (50,), 3.0, 14)}
+  states = []
+  state = tx.init({"w": stream["w"][0]})
+  update = jax.jit(tx.update)
+  for g in stream["w"]:
+    _, state = update({"w": g}, state)
+    states.append(state.buffer)
+  np.testing.assert_array_equal(states[9], states[3])
+  np.testing.assert_array_equal(states[13][0, [2, 3, 0, 1]], stream["w"][10:14])  # row t % 4
 
 
 def test_global_granularity_pools_all_leaves():
@@ -570,6 +590,30 @@ def test_state_is_stable_under_lax_cond():
   chex.assert_trees_all_equal(chosen, s1)
 
 
+@pytest.mark.parametrize("members", [0, 3])
+def test_a_donated_step_writes_the_buffer_in_place(members):
+  # The ring buffer is most of the state; a step must write its one row in
+  # place. Behind a lax.cond gating the estimate, XLA copied the whole buffer
+  # twice per step, which cost more than everything else HTGA does per step.
+  tx = htga_jax.htga(0.1, window=8, sample_size=64)
+  params = {"a": jnp.ones((40, 30)), "b": jnp.ones((30,))}
+  if members:
+    params = jax.tree.map(lambda x: jnp.stack([x] * members), params)
+
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  init, step = (tx.init, step) if not members else (jax.vmap(tx.init), jax.vmap(step))
+  state = init(params)
+  hlo = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile().as_text()
+  entry = hlo[hlo.index("\nENTRY") :]
+  entry = entry[: entry.index("\n}")]
+  buffer_shape = "f32[{}]".format(",".join(map(str, state[0].buffer.shape)))
+  copies = [line for line in entry.splitlines() if buffer_shape + "{" in line and " copy(" in line]
+  assert buffer_shape in entry and not copies, copies
+
+
 # ---------------------------------------------------------------------------
 # Data parallelism: run in a fresh process with two simulated CPU devices (the
 # device count is fixed when JAX first initialises).
@@ -760,25 +804,27 @@ def test_warns_when_no_leaf_can_ever_be_estimated():
     htga_jax.scale_by_tail_index(window=4).update(big, tx.init(big))
 
 
-def test_batch_axis_name_keeps_the_estimate_a_branch_under_vmap():
+def test_vmapped_states_estimate_only_on_due_steps_and_match_separate_runs():
   seeds, steps = 3, 12
   stream = t_stream(44, (seeds, 300), 1.8, steps)
   plain = htga_jax.scale_by_tail_index(window=4, every_k=4)
   named = htga_jax.scale_by_tail_index(window=4, every_k=4, batch_axis_name="seeds")
-  states = jax.vmap(named.init)({"w": jnp.zeros((seeds, 300))})
-  step = jax.jit(jax.vmap(named.update, axis_name="seeds"))
-  for g in stream:
-    u, states = step({"w": jnp.asarray(g)}, states)
-  for i in range(seeds):  # identical to separate runs
-    u_i, a_i, _, _ = run_stream(plain, {"w": stream[:, i]})
-    np.testing.assert_allclose(states.alpha["w"][i], a_i["w"][-1], rtol=1e-6)
-    np.testing.assert_allclose(u["w"][i], u_i["w"][-1], rtol=1e-6)
-  # The vmapped program keeps a conditional with the axis named, and turns
-  # the estimate into an always-computed select without it.
-  g0 = {"w": jnp.zeros((seeds, 300))}
-  with_name = jax.make_jaxpr(jax.vmap(named.update, axis_name="seeds"))(g0, states)
-  without = jax.make_jaxpr(jax.vmap(plain.update))(g0, jax.vmap(plain.init)(g0))
-  assert "cond[" in str(with_name) and "cond[" not in str(without)
+  for tx, axis in ((plain, None), (named, "seeds")):
+    states = jax.vmap(tx.init)({"w": jnp.zeros((seeds, 300))})
+    step = jax.jit(jax.vmap(tx.update, axis_name=axis))
+    for g in stream:
+      u, states = step({"w": jnp.asarray(g)}, states)
+    for i in range(seeds):  # identical to separate runs
+      u_i, a_i, _, _ = run_stream(plain, {"w": stream[:, i]})
+      np.testing.assert_allclose(states.alpha["w"][i], a_i["w"][-1], rtol=1e-6)
+      np.testing.assert_allclose(u["w"][i], u_i["w"][-1], rtol=1e-6)
+    # The estimate (its top_k) stays inside the one-trip loop, with or
+    # without the axis named: a vmapped lax.cond would have become a select
+    # that estimates on every step, hoisting top_k to the top level.
+    g0 = {"w": jnp.zeros((seeds, 300))}
+    jaxpr = jax.make_jaxpr(jax.vmap(tx.update, axis_name=axis))(g0, states).jaxpr
+    top_level = {eqn.primitive.name for eqn in jaxpr.eqns}
+    assert "while" in top_level and "top_k" not in top_level
 
 
 def test_batch_axis_name_must_be_a_string():

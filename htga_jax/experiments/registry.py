@@ -18,14 +18,14 @@ from htga_jax import baselines, optimizers
 
 __all__ = ["AXIS", "HTGA_EVERY_K", "OptimizerSpec", "STUDY_OPTIMIZERS"]
 
-#: Name of the vmapped axis the study trains models along (HTGA uses it to
-#: keep its estimate a real branch: ``scale_by_tail_index(batch_axis_name=...)``).
+#: Name of the vmapped axis the study trains models along (HTGA reduces its
+#: "estimate due" predicate over it: ``scale_by_tail_index(batch_axis_name=...)``).
 AXIS = "models"
 
 #: HTGA in the study re-estimates every 50 steps (runs are short).
 HTGA_EVERY_K = 50
 
-# ...and keeps its estimate a branch under vmap.
+# ...and names the vmapped axis.
 _HTGA_STATIC = dict(every_k=HTGA_EVERY_K, batch_axis_name=AXIS)
 
 
