@@ -460,8 +460,11 @@ def scale_by_tail_index(
       alpha = jnp.where(k_row >= min_k, alpha, jnp.nan)  # too small: no estimate
     return jnp.broadcast_to(alpha, (num_leaves,))
 
-  def update_fn(updates, state, params=None, *, per_example_norms=None, **extra_args):
-    del params, extra_args
+  # Jitted so that an eager (un-jitted) call compiles once per shape instead
+  # of compiling its loops afresh on every call; inside a jitted training step
+  # it is inlined.
+  @jax.jit
+  def update_jit(updates, state, per_example_norms):
     leaves, treedef = jax.tree.flatten(updates)
     count = optax.safe_increment(state.count)
     if not leaves:
@@ -565,5 +568,9 @@ def scale_by_tail_index(
       alpha=state_tree.unflatten(alpha),
       scale=state_tree.unflatten(scale),
     )
+
+  def update_fn(updates, state, params=None, *, per_example_norms=None, **extra_args):
+    del params, extra_args  # unused: only arrays reach the jitted update
+    return update_jit(updates, state, per_example_norms)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

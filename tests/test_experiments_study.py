@@ -71,9 +71,11 @@ def test_every_task_end_to_end(tmp_path):
   datafiles.write_wikitext2(tmp_path / "data")
   datafiles.write_ptb(tmp_path / "data" / "ptb")
   tasks = tuple(t for t in TASKS if t != "mnist1d")
+  # One optimizer keeps this under a minute or two on 2 cores (it compiles
+  # every model); every optimizer runs end to end in the test above.
   cfg = StudyConfig(
     tasks=tasks,
-    optimizers=("sgd", "htga_adam"),
+    optimizers=("htga_adam",),
     data_dir=str(tmp_path / "data"),
     measure=False,
     **TINY,
