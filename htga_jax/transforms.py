@@ -317,11 +317,12 @@ def scale_by_tail_index(
       costs, ``batch x params`` floats (less with its ``chunk_size``).
     batch_axis_name: optional name of a ``jax.vmap`` (or ``pmap``) axis over
       which several optimizer states step in lockstep, e.g. seeds trained
-      together. Not needed for speed: the estimate sits in a loop that stays a
-      loop under ``vmap`` either way (see Cost). With the axis named, the
-      "estimate due" predicate is reduced over it explicitly (``lax.pmax``);
-      each member still keeps its own result, so results equal separate
-      runs. Calling ``update`` outside that axis is then an error.
+      together. Not needed for speed: the estimate and the write sit in loops
+      that stay loops under ``vmap`` either way (see Cost). With the axis
+      named, their predicates ("estimate due", "record this step") are
+      reduced over it explicitly (``lax.pmax``); each member still keeps its
+      own estimate, so results equal separate runs. Calling ``update``
+      outside that axis is then an error.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -549,8 +550,8 @@ def scale_by_tail_index(
     def write(buf):
       # Non-finite values keep the slot's value (read here, from this loop's
       # input: a read of state.buffer would keep it alive and force copies).
-      row, old = this_row(), jax.lax.dynamic_index_in_dim(buf, slot, axis=1, keepdims=False)
-      row = jnp.where(jnp.isfinite(row), row, old)
+      row, kept = this_row(), jax.lax.dynamic_index_in_dim(buf, slot, axis=1, keepdims=False)
+      row = jnp.where(jnp.isfinite(row), row, kept)
       return (jax.lax.dynamic_update_index_in_dim(buf, row, slot, axis=1),)
 
     alpha, scale = jax.tree.leaves(state.alpha), jax.tree.leaves(state.scale)

@@ -19,7 +19,7 @@ from htga_jax import baselines, optimizers
 __all__ = ["AXIS", "HTGA_EVERY_K", "OptimizerSpec", "STUDY_OPTIMIZERS"]
 
 #: Name of the vmapped axis the study trains models along (HTGA reduces its
-#: "estimate due" predicate over it: ``scale_by_tail_index(batch_axis_name=...)``).
+#: loop predicates over it: ``scale_by_tail_index(batch_axis_name=...)``).
 AXIS = "models"
 
 #: HTGA in the study re-estimates every 50 steps (runs are short).
