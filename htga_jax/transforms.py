@@ -534,7 +534,8 @@ def scale_by_tail_index(
     # Both the estimate and the write run in loops of zero or one trips, not
     # behind lax.cond: a loop's carry is updated in place, where XLA copies
     # the whole buffer twice per step around a cond that reads the buffer
-    # this step overwrites (more than all else HTGA does per step). The
+    # this step overwrites (64 KiB per leaf, twice; 1.10x against 1.07x of
+    # SGD for the benchmark CNN's full step). The
     # estimate's loop rewrites the slot's own row, a no-op XLA cannot prove
     # to be one, so its buffer output is not forwarded past it and the write
     # stays ordered after it, in place. Under jax.vmap a batched predicate
