@@ -6,7 +6,9 @@ For tests and benchmarks of sharded and data-parallel programs
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
 from typing import NamedTuple
 
 _OPS = r"(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(-start)?\("
@@ -26,16 +28,13 @@ class Collective(NamedTuple):
 
 def collectives(hlo: str) -> list[Collective]:
   """Every collective instruction of ``hlo``, with its computation and result sizes."""
-  found, name = [], None
-  for line in hlo.splitlines():
-    head = re.match(r"(ENTRY )?%?([\w.\-]+) \(.*\{\s*$", line)
-    if head:
-      name = "ENTRY" if head.group(1) else head.group(2)
-      continue
+  found = []
+  for name, line in _instructions(hlo):
     m = re.search(rf"=\s*(.*?)\s{_OPS}", line)
     if m:
       results = tuple(
-        (dtype, _count(dims)) for dtype, dims in re.findall(r"([a-z0-9]+)\[([0-9,]*)\]", m.group(1))
+        (dtype, math.prod(int(d) for d in dims.split(",") if d))
+        for dtype, dims in re.findall(r"([a-z0-9]+)\[([0-9,]*)\]", m.group(1))
       )
       found.append(Collective(name, m.group(2), results, line))
   return found
@@ -43,18 +42,15 @@ def collectives(hlo: str) -> list[Collective]:
 
 def conditionals(hlo: str, computation: str = "ENTRY") -> list[str]:
   """The ``conditional`` instruction lines of one computation."""
-  lines, name = [], None
+  return [ln for name, ln in _instructions(hlo) if name == computation and " conditional(" in ln]
+
+
+def _instructions(hlo: str) -> Iterator[tuple[str, str]]:
+  """``(computation, line)`` for each line inside a computation ("ENTRY": the entry one)."""
+  name = None
   for line in hlo.splitlines():
     head = re.match(r"(ENTRY )?%?([\w.\-]+) \(.*\{\s*$", line)
     if head:
       name = "ENTRY" if head.group(1) else head.group(2)
-    elif name == computation and " conditional(" in line:
-      lines.append(line)
-  return lines
-
-
-def _count(dims: str) -> int:
-  n = 1
-  for d in (d for d in dims.split(",") if d):
-    n *= int(d)
-  return n
+    elif name is not None:
+      yield name, line

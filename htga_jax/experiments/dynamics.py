@@ -28,10 +28,17 @@ import optax
 
 import htga_jax
 from htga_jax import sde
+from htga_jax.experiments import stats
 from htga_jax.experiments.landscapes import TwoBasins
 
 STABLE = 1.5  # the injected noise's stability index
 KINDS = ("gaussian", "gaussian+gaussian", "gaussian+stable")
+# The escape table's plain SGD row of each noise kind: what the others are paired against.
+SGD_OF_KIND = {
+  "gaussian": "SGD",
+  "gaussian+gaussian": "SGD + Gaussian",
+  "gaussian+stable": "SGD + stable",
+}
 HTGA_LANDSCAPE = dict(window=64, every_k=16, k=0.25, sample_size=8)  # 1-2 coordinates per leaf
 
 
@@ -167,9 +174,7 @@ def escape_optimizers(lr: float, only=None) -> list[tuple[str, str, optax.Gradie
   """
   heavy, light = "gaussian+stable", "gaussian"
   rows = [
-    ("SGD", light, optax.sgd(lr)),
-    ("SGD + Gaussian", "gaussian+gaussian", optax.sgd(lr)),
-    ("SGD + stable", heavy, optax.sgd(lr)),
+    *((name, kind, optax.sgd(lr)) for kind, name in SGD_OF_KIND.items()),
     ("HTGA", heavy, htga_jax.htga(lr, **HTGA_LANDSCAPE)),
     ("HTGA (Gaussian noise)", light, htga_jax.htga(lr, **HTGA_LANDSCAPE)),
     ("momentum 0.9", heavy, optax.sgd(lr, momentum=0.9)),
@@ -314,21 +319,16 @@ def _paired_against_sgd(rows, exits, steps: int) -> None:
   paired; a run that never left counts as ``steps`` (censored, which
   understates differences between slow rows).
   """
-  from htga_jax.experiments import stats
-
-  base = {
-    "gaussian": "SGD",
-    "gaussian+gaussian": "SGD + Gaussian",
-    "gaussian+stable": "SGD + stable",
-  }
+  censor = lambda v: np.where(np.asarray(v) < 0, steps, np.asarray(v))
   for r in rows:
-    ref = exits.get(f"{r['dim']}/{base[r['noise']]}")
-    mine = exits[f"{r['dim']}/{r['optimizer']}"]
-    if ref is None or r["optimizer"] == base[r["noise"]]:
+    base = SGD_OF_KIND[r["noise"]]
+    ref = exits.get(f"{r['dim']}/{base}")
+    if ref is None or r["optimizer"] == base:
       r["vs_sgd"] = None
-      continue
-    clip = lambda v: np.where(np.asarray(v) < 0, steps, np.asarray(v))
-    r["vs_sgd"] = stats.paired_difference(clip(mine), clip(ref))
+    else:
+      r["vs_sgd"] = stats.paired_difference(
+        censor(exits[f"{r['dim']}/{r['optimizer']}"]), censor(ref)
+      )
 
 
 def _escape_sde(key, land: TwoBasins, sigma, scale, lr):
